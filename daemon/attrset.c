@@ -1,0 +1,151 @@
+/* SPDX-License-Identifier: MIT */
+/* Attribute sets: the unit the staging diff, batches and the mirror work on. A
+ * profile row's values are stored together so that diffing a CSV row costs one
+ * point lookup, and attribute names are interned ids so 50M profiles do not repeat
+ * them. */
+#include "attrset.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+void attrset_init(struct attrset *s)
+{
+	s->kv = NULL;
+	s->n = 0;
+	s->cap = 0;
+}
+
+void attrset_finish(struct attrset *s)
+{
+	free(s->kv);
+	attrset_init(s);
+}
+
+static int reserve(struct attrset *s, size_t need)
+{
+	if (need <= s->cap)
+		return 0;
+	size_t cap = s->cap ? s->cap * 2 : 16;
+	while (cap < need)
+		cap *= 2;
+	struct attr_kv *kv = realloc(s->kv, cap * sizeof(*kv));
+	if (!kv)
+		return -ENOMEM;
+	s->kv = kv;
+	s->cap = cap;
+	return 0;
+}
+
+static const unsigned char *get_varint(const unsigned char *p, const unsigned char *end, uint32_t *out)
+{
+	uint32_t v = 0;
+	for (int shift = 0; shift < 35 && p < end; shift += 7) {
+		unsigned char c = *p++;
+		v |= (uint32_t)(c & 0x7f) << shift;
+		if (!(c & 0x80)) {
+			*out = v;
+			return p;
+		}
+	}
+	return NULL;
+}
+
+static int put_varint(struct buf *out, uint32_t v)
+{
+	unsigned char tmp[5];
+	size_t n = 0;
+	do {
+		tmp[n] = v & 0x7f;
+		v >>= 7;
+		if (v)
+			tmp[n] |= 0x80;
+		n++;
+	} while (v);
+	return buf_append(out, tmp, n);
+}
+
+int attrset_decode(struct attrset *s, const void *blob, size_t len)
+{
+	const unsigned char *p = blob, *end = p + len;
+	s->n = 0;
+	while (p < end) {
+		uint32_t id, vlen;
+		p = get_varint(p, end, &id);
+		if (!p)
+			return -EINVAL;
+		p = get_varint(p, end, &vlen);
+		if (!p || vlen > (size_t)(end - p))
+			return -EINVAL;
+		if (s->n && s->kv[s->n - 1].id >= id)
+			return -EINVAL;
+		if (reserve(s, s->n + 1) < 0)
+			return -ENOMEM;
+		s->kv[s->n++] = (struct attr_kv){ .id = id, .len = vlen, .val = (const char *)p };
+		p += vlen;
+	}
+	return 0;
+}
+
+int attrset_encode(const struct attrset *s, struct buf *out)
+{
+	for (size_t i = 0; i < s->n; i++) {
+		if (put_varint(out, s->kv[i].id) < 0 || put_varint(out, s->kv[i].len) < 0 ||
+		    buf_append(out, s->kv[i].val, s->kv[i].len) < 0)
+			return -ENOMEM;
+	}
+	return 0;
+}
+
+/* Index of the first entry with id >= the given one. */
+static size_t lower_bound(const struct attrset *s, uint32_t id)
+{
+	size_t lo = 0, hi = s->n;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (s->kv[mid].id < id)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+int attrset_put(struct attrset *s, uint32_t id, const char *val, uint32_t len)
+{
+	size_t i = lower_bound(s, id);
+	if (i < s->n && s->kv[i].id == id) {
+		s->kv[i].val = val;
+		s->kv[i].len = len;
+		return 0;
+	}
+	if (reserve(s, s->n + 1) < 0)
+		return -ENOMEM;
+	memmove(&s->kv[i + 1], &s->kv[i], (s->n - i) * sizeof(s->kv[0]));
+	s->kv[i] = (struct attr_kv){ .id = id, .len = len, .val = val };
+	s->n++;
+	return 0;
+}
+
+void attrset_del(struct attrset *s, uint32_t id)
+{
+	size_t i = lower_bound(s, id);
+	if (i < s->n && s->kv[i].id == id) {
+		memmove(&s->kv[i], &s->kv[i + 1], (s->n - i - 1) * sizeof(s->kv[0]));
+		s->n--;
+	}
+}
+
+const struct attr_kv *attrset_get(const struct attrset *s, uint32_t id)
+{
+	size_t i = lower_bound(s, id);
+	return i < s->n && s->kv[i].id == id ? &s->kv[i] : NULL;
+}
+
+int attrset_overlay(struct attrset *dst, const struct attrset *src)
+{
+	for (size_t i = 0; i < src->n; i++)
+		if (attrset_put(dst, src->kv[i].id, src->kv[i].val, src->kv[i].len) < 0)
+			return -ENOMEM;
+	return 0;
+}

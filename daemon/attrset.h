@@ -1,0 +1,50 @@
+/* SPDX-License-Identifier: MIT */
+/* A profile's attributes as a sorted set of (attribute id, value), and its compact
+ * blob form in the state database: repeated varint id, varint length, bytes. */
+#ifndef TPSYNC_ATTRSET_H
+#define TPSYNC_ATTRSET_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "buf.h"
+
+struct attr_kv {
+	uint32_t id;
+	uint32_t len;
+	const char *val; /* not owned: points into a blob or a CSV row */
+};
+
+struct attrset {
+	struct attr_kv *kv; /* sorted by id, ids unique */
+	size_t n;
+	size_t cap;
+};
+
+void attrset_init(struct attrset *s);
+void attrset_finish(struct attrset *s);
+static inline void attrset_clear(struct attrset *s) { s->n = 0; }
+
+/* Replaces the set's contents with the blob's; values point into blob, which must
+ * outlive the set's use. Returns 0, -EINVAL for a corrupt blob, or -ENOMEM. */
+int attrset_decode(struct attrset *s, const void *blob, size_t len);
+/* Appends the blob form to out. Returns 0 or -ENOMEM. */
+int attrset_encode(const struct attrset *s, struct buf *out);
+
+/* Inserts or replaces id's value (a view, not copied). Returns 0 or -ENOMEM. */
+int attrset_put(struct attrset *s, uint32_t id, const char *val, uint32_t len);
+/* Removes id if present. */
+void attrset_del(struct attrset *s, uint32_t id);
+/* The entry for id, or NULL. */
+const struct attr_kv *attrset_get(const struct attrset *s, uint32_t id);
+/* Overlays every entry of src on dst. Returns 0 or -ENOMEM. */
+int attrset_overlay(struct attrset *dst, const struct attrset *src);
+/* True when kv holds exactly val. */
+static inline bool attr_kv_equals(const struct attr_kv *kv, const char *val, uint32_t len)
+{
+	return kv && kv->len == len && (len == 0 || memcmp(kv->val, val, len) == 0);
+}
+
+#endif

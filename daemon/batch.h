@@ -1,0 +1,47 @@
+/* SPDX-License-Identifier: MIT */
+/* Batches: choosing pending profiles for one Bulk Profile Update request within
+ * Target's limits, writing its URL-encoded CSV body, and moving its values when
+ * Target answers. */
+#ifndef TPSYNC_BATCH_H
+#define TPSYNC_BATCH_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "config.h"
+#include "stage.h"
+#include "store.h"
+
+/* Builds the next batch (state "ready") from pending profiles that are in no
+ * unanswered request, oldest first, with at most max_rows rows and an encoded body
+ * of at most cfg->batch.max_bytes; the profiles' values move from pending to
+ * in-flight in the same transaction. A profile whose row alone is too large is
+ * dead-lettered. Returns the batch id, 0 when nothing is pending, or a negative
+ * errno (-EIO: see sqlite3_errmsg). */
+int64_t batch_build(struct store *st, const struct config *cfg, int64_t max_rows);
+
+/* Writes the request body of batch id to out: "batch=", the header row, one row
+ * per profile, every name and value percent-encoded. Returns the number of bytes
+ * written, or a negative errno. */
+int64_t batch_write_body(struct store *st, const struct config *cfg, int64_t id, FILE *out);
+
+/* Target accepted batch id: its values become the mirror (accepted) and leave
+ * in-flight. Runs inside the caller's transaction. Returns 0 or a negative errno. */
+int batch_accept(struct store *st, int64_t id);
+
+/* Moves every changed value of batch id to dead_letters with reason and
+ * last_answer, releases its profiles, and marks the batch dead. Inside the
+ * caller's transaction. Returns 0 or a negative errno. */
+int batch_kill(struct store *st, int64_t id, const char *reason, const char *last_answer);
+
+/* Splits batch id (Target said 413) into two ready batches of half the rows each
+ * and marks it "split". A one-row batch cannot be split: returns -E2BIG. Inside
+ * the caller's transaction. Returns 0 or a negative errno. */
+int batch_split(struct store *st, int64_t id);
+
+/* Target reported batch id stuck: the latest values of its changed attributes
+ * are staged again (once); a batch that was itself a re-queue is dead-lettered.
+ * Inside the caller's transaction. Returns 0 or a negative errno. */
+int batch_requeue_stuck(struct store *st, struct stage *sg, int64_t id);
+
+#endif

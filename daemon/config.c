@@ -1,0 +1,612 @@
+/* SPDX-License-Identifier: MIT */
+/* Config loading: libyaml builds a node tree, and a table of key descriptors (name,
+ * type, bounds, default) turns it into struct config. Every error names the file,
+ * line and column of the node at fault; unknown keys are errors. */
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <yaml.h>
+
+#include "units.h"
+
+enum key_type { K_STRING, K_INT, K_DURATION, K_SIZE, K_ENUM, K_BOOL, K_DELIM, K_STRLIST, K_RENAMES };
+
+struct key_desc {
+	const char *name;
+	enum key_type type;
+	size_t offset;             /* into struct config, or struct source_config */
+	int64_t min, max;          /* for K_INT, K_DURATION, K_SIZE */
+	const char *def;           /* default, parsed like a value; NULL: none */
+	const char *const *choices; /* for K_ENUM, in enum order */
+	bool required;
+};
+
+static const char *const id_types[] = { "thirdPartyId", "pcId", NULL };
+static const char *const rows_modes[] = { "full_profile", "changed_only", NULL };
+static const char *const source_types[] = { "spool", "snapshot", NULL };
+static const char *const after_actions[] = { "archive", "delete", NULL };
+
+#define C(field) offsetof(struct config, field)
+#define S(field) offsetof(struct source_config, field)
+#define DAY (86400LL * 1000)
+
+/* K_STRLIST and K_RENAMES fields are a pointer followed by its count. */
+_Static_assert(offsetof(struct source_config, n_exclude) ==
+	       offsetof(struct source_config, exclude) + sizeof(char **), "exclude layout");
+_Static_assert(offsetof(struct source_config, n_columns) ==
+	       offsetof(struct source_config, columns) + sizeof(void *), "columns layout");
+
+struct section {
+	const char *name;
+	const struct key_desc *keys;
+};
+
+static const struct key_desc target_keys[] = {
+	{ .name = "client_code", .type = K_STRING, .offset = C(target.client_code), .required = true },
+	{ .name = "base_url", .type = K_STRING, .offset = C(target.base_url) },
+	{ .name = "api_version", .type = K_INT, .offset = C(target.api_version), .min = 1, .max = 2, .def = "2" },
+	{ .name = "id_type", .type = K_ENUM, .offset = C(target.id_type), .def = "thirdPartyId", .choices = id_types },
+	{ .name = "token_file", .type = K_STRING, .offset = C(target.token_file) },
+	{ .name = "ca_file", .type = K_STRING, .offset = C(target.ca_file) },
+	{ .name = "timeout", .type = K_DURATION, .offset = C(target.timeout_ms), .min = 1000, .max = DAY, .def = "60s" },
+	{ .name = "connect_timeout", .type = K_DURATION, .offset = C(target.connect_timeout_ms), .min = 100, .max = 600000, .def = "10s" },
+	{ .name = "poll_interval", .type = K_DURATION, .offset = C(target.poll_interval_ms), .min = 10, .max = DAY, .def = "30s" },
+	{ .name = NULL }
+};
+static const struct key_desc state_keys[] = {
+	{ .name = "database", .type = K_STRING, .offset = C(state.database), .def = "/var/lib/tpsyncd/state.db" },
+	{ .name = NULL }
+};
+static const struct key_desc control_keys[] = {
+	{ .name = "socket", .type = K_STRING, .offset = C(control.socket), .def = "/run/tpsyncd/control.sock" },
+	{ .name = NULL }
+};
+static const struct key_desc batch_keys[] = {
+	{ .name = "max_rows", .type = K_INT, .offset = C(batch.max_rows), .min = 1, .max = TARGET_MAX_ROWS, .def = "500000" },
+	{ .name = "max_bytes", .type = K_SIZE, .offset = C(batch.max_bytes), .min = 262144, .max = TARGET_MAX_BYTES - 1, .def = "49000000" },
+	{ .name = "linger", .type = K_DURATION, .offset = C(batch.linger_ms), .min = 0, .max = DAY, .def = "5s" },
+	{ .name = "max_in_flight", .type = K_INT, .offset = C(batch.max_in_flight), .min = 1, .max = 16, .def = "2" },
+	{ .name = "rows", .type = K_ENUM, .offset = C(batch.rows), .def = "full_profile", .choices = rows_modes },
+	{ .name = NULL }
+};
+static const struct key_desc retry_keys[] = {
+	{ .name = "initial", .type = K_DURATION, .offset = C(retry.initial_ms), .min = 1, .max = DAY, .def = "1s" },
+	{ .name = "max", .type = K_DURATION, .offset = C(retry.max_ms), .min = 1, .max = DAY, .def = "10m" },
+	{ .name = "give_up_after", .type = K_DURATION, .offset = C(retry.give_up_after_ms), .min = 1000, .max = 365 * DAY, .def = "7d" },
+	{ .name = "max_failures", .type = K_INT, .offset = C(retry.max_failures), .min = 1, .max = 1000, .def = "5" },
+	{ .name = NULL }
+};
+static const struct key_desc limits_keys[] = {
+	{ .name = "rows_per_day", .type = K_INT, .offset = C(limits.rows_per_day), .min = 1, .max = INT64_MAX / 2, .def = "1000000" },
+	{ .name = "calls_per_minute", .type = K_INT, .offset = C(limits.calls_per_minute), .min = 1, .max = 1000, .def = "50" },
+	{ .name = NULL }
+};
+static const struct key_desc source_keys[] = {
+	{ .name = "name", .type = K_STRING, .offset = S(name), .required = true },
+	{ .name = "type", .type = K_ENUM, .offset = S(type), .choices = source_types, .required = true },
+	{ .name = "path", .type = K_STRING, .offset = S(path), .required = true },
+	{ .name = "id_column", .type = K_STRING, .offset = S(id_column), .required = true },
+	{ .name = "columns", .type = K_RENAMES, .offset = S(columns) },
+	{ .name = "exclude", .type = K_STRLIST, .offset = S(exclude) },
+	{ .name = "after", .type = K_ENUM, .offset = S(after), .def = "archive", .choices = after_actions },
+	{ .name = "delimiter", .type = K_DELIM, .offset = S(delimiter), .def = "," },
+	{ .name = "strict", .type = K_BOOL, .offset = S(strict), .def = "false" },
+	{ .name = NULL }
+};
+
+static const struct section sections[] = {
+	{ "target", target_keys }, { "state", state_keys }, { "control", control_keys },
+	{ "batch", batch_keys }, { "retry", retry_keys }, { "limits", limits_keys },
+	{ NULL, NULL }
+};
+
+struct loader {
+	const char *path;
+	FILE *err;
+	yaml_document_t doc;
+	int errors;
+};
+
+static void report(struct loader *l, const yaml_mark_t *mark, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static void report(struct loader *l, const yaml_mark_t *mark, const char *fmt, ...)
+{
+	l->errors++;
+	if (!l->err)
+		return;
+	va_list ap;
+	va_start(ap, fmt);
+	fprintf(l->err, "%s:%zu:%zu: ", l->path, mark ? mark->line + 1 : 1, mark ? mark->column + 1 : 1);
+	vfprintf(l->err, fmt, ap);
+	fputc('\n', l->err);
+	va_end(ap);
+}
+
+static void warn(struct loader *l, const yaml_mark_t *mark, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static void warn(struct loader *l, const yaml_mark_t *mark, const char *fmt, ...)
+{
+	if (!l->err)
+		return;
+	va_list ap;
+	va_start(ap, fmt);
+	fprintf(l->err, "%s:%zu:%zu: warning: ", l->path, mark ? mark->line + 1 : 1,
+		mark ? mark->column + 1 : 1);
+	vfprintf(l->err, fmt, ap);
+	fputc('\n', l->err);
+	va_end(ap);
+}
+
+static yaml_node_t *node(struct loader *l, int id)
+{
+	return yaml_document_get_node(&l->doc, id);
+}
+
+static const char *scalar(yaml_node_t *n)
+{
+	return (const char *)n->data.scalar.value;
+}
+
+/* Stores text as the value of key d at base. mark locates the text for errors. */
+static int set_scalar(struct loader *l, const struct key_desc *d, void *base, const char *text,
+		      const yaml_mark_t *mark)
+{
+	char *field = (char *)base + d->offset;
+	int64_t v;
+	int r;
+
+	switch (d->type) {
+	case K_STRING: {
+		char *copy = strdup(text);
+		if (!copy)
+			return -ENOMEM;
+		free(*(char **)field);
+		*(char **)field = copy;
+		return 0;
+	}
+	case K_INT: {
+		char *end;
+		errno = 0;
+		long long n = strtoll(text, &end, 10);
+		if (errno || end == text || *end) {
+			report(l, mark, "%s: expected an integer, got \"%s\"", d->name, text);
+			return -EINVAL;
+		}
+		v = n;
+		break;
+	}
+	case K_DURATION:
+		r = units_parse_duration(text, &v);
+		if (r < 0) {
+			report(l, mark, "%s: expected a duration like 500ms, 5s, 10m, 2h or 7d, got \"%s\"",
+			       d->name, text);
+			return -EINVAL;
+		}
+		break;
+	case K_SIZE:
+		r = units_parse_size(text, &v);
+		if (r < 0) {
+			report(l, mark, "%s: expected a size in bytes, KB or MB, got \"%s\"", d->name, text);
+			return -EINVAL;
+		}
+		break;
+	case K_ENUM:
+		for (int i = 0; d->choices[i]; i++) {
+			if (strcmp(text, d->choices[i]) == 0) {
+				*(int *)field = i;
+				return 0;
+			}
+		}
+		{
+			char list[256] = "";
+			for (int i = 0; d->choices[i]; i++) {
+				strncat(list, i ? ", " : "", sizeof(list) - strlen(list) - 1);
+				strncat(list, d->choices[i], sizeof(list) - strlen(list) - 1);
+			}
+			report(l, mark, "%s: \"%s\" is not one of %s", d->name, text, list);
+		}
+		return -EINVAL;
+	case K_BOOL:
+		if (strcmp(text, "true") == 0 || strcmp(text, "yes") == 0) {
+			*(bool *)field = true;
+		} else if (strcmp(text, "false") == 0 || strcmp(text, "no") == 0) {
+			*(bool *)field = false;
+		} else {
+			report(l, mark, "%s: expected true or false, got \"%s\"", d->name, text);
+			return -EINVAL;
+		}
+		return 0;
+	case K_DELIM:
+		if (strcmp(text, ",") == 0 || strcmp(text, ";") == 0 || strcmp(text, "|") == 0 ||
+		    strcmp(text, "\t") == 0) {
+			*field = text[0];
+			return 0;
+		}
+		report(l, mark, "%s: must be \",\", \";\", \"\\t\" or \"|\"", d->name);
+		return -EINVAL;
+	default:
+		report(l, mark, "%s: expected a %s", d->name, d->type == K_STRLIST ? "list" : "mapping");
+		return -EINVAL;
+	}
+	if (v < d->min || v > d->max) {
+		if (d->type == K_DURATION) {
+			char lo[32], hi[32];
+			units_format_duration(d->min, lo, sizeof(lo));
+			units_format_duration(d->max, hi, sizeof(hi));
+			report(l, mark, "%s: %s is out of range (%s to %s)", d->name, text, lo, hi);
+		} else {
+			report(l, mark, "%s: %s is out of range (%lld to %lld)", d->name, text,
+			       (long long)d->min, (long long)d->max);
+		}
+		return -EINVAL;
+	}
+	*(int64_t *)field = v;
+	return 0;
+}
+
+static int set_defaults(struct loader *l, const struct key_desc *keys, void *base)
+{
+	for (const struct key_desc *d = keys; d->name; d++) {
+		int r = d->def ? set_scalar(l, d, base, d->def, NULL) : 0;
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
+static int set_strlist(struct loader *l, const struct key_desc *d, void *base, yaml_node_t *n)
+{
+	if (n->type != YAML_SEQUENCE_NODE) {
+		report(l, &n->start_mark, "%s: expected a list of column names", d->name);
+		return -EINVAL;
+	}
+	char ***list = (char ***)((char *)base + d->offset);
+	size_t *count = (size_t *)(list + 1);
+	size_t len = (size_t)(n->data.sequence.items.top - n->data.sequence.items.start);
+	char **items = calloc(len ? len : 1, sizeof(*items));
+	if (!items)
+		return -ENOMEM;
+	for (size_t i = 0; i < len; i++) {
+		yaml_node_t *item = node(l, n->data.sequence.items.start[i]);
+		if (!item || item->type != YAML_SCALAR_NODE) {
+			report(l, item ? &item->start_mark : &n->start_mark, "%s: expected a column name", d->name);
+			continue;
+		}
+		items[i] = strdup(scalar(item));
+		if (!items[i]) {
+			for (size_t j = 0; j < i; j++)
+				free(items[j]);
+			free(items);
+			return -ENOMEM;
+		}
+	}
+	*list = items;
+	*count = len;
+	return 0;
+}
+
+static int set_renames(struct loader *l, const struct key_desc *d, void *base, yaml_node_t *n)
+{
+	if (n->type != YAML_MAPPING_NODE) {
+		report(l, &n->start_mark, "%s: expected a mapping of column: attribute", d->name);
+		return -EINVAL;
+	}
+	struct column_rename **list = (struct column_rename **)((char *)base + d->offset);
+	size_t *count = (size_t *)(list + 1);
+	size_t len = (size_t)(n->data.mapping.pairs.top - n->data.mapping.pairs.start);
+	struct column_rename *items = calloc(len ? len : 1, sizeof(*items));
+	if (!items)
+		return -ENOMEM;
+	*list = items;
+	for (size_t i = 0; i < len; i++) {
+		yaml_node_pair_t *p = &n->data.mapping.pairs.start[i];
+		yaml_node_t *k = node(l, p->key), *v = node(l, p->value);
+		if (!k || !v || k->type != YAML_SCALAR_NODE || v->type != YAML_SCALAR_NODE) {
+			report(l, k ? &k->start_mark : &n->start_mark,
+			       "%s: each entry must be column: attributeName", d->name);
+			continue;
+		}
+		items[i].from = strdup(scalar(k));
+		items[i].to = strdup(scalar(v));
+		*count = i + 1;
+		if (!items[i].from || !items[i].to)
+			return -ENOMEM;
+	}
+	*count = len;
+	return 0;
+}
+
+/* Applies every pair of mapping n to base according to keys. */
+static int apply_mapping(struct loader *l, const char *where, const struct key_desc *keys, void *base,
+			 yaml_node_t *n, bool *seen)
+{
+	if (n->type != YAML_MAPPING_NODE) {
+		report(l, &n->start_mark, "%s: expected a mapping", where);
+		return 0;
+	}
+	for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
+		yaml_node_t *k = node(l, p->key), *v = node(l, p->value);
+		if (!k || !v)
+			continue;
+		if (k->type != YAML_SCALAR_NODE) {
+			report(l, &k->start_mark, "%s: keys must be plain names", where);
+			continue;
+		}
+		const struct key_desc *d = keys;
+		size_t idx = 0;
+		while (d->name && strcmp(d->name, scalar(k)) != 0) {
+			d++;
+			idx++;
+		}
+		if (!d->name) {
+			report(l, &k->start_mark, "unknown key \"%s\" in %s", scalar(k), where);
+			continue;
+		}
+		if (seen[idx]) {
+			report(l, &k->start_mark, "duplicate key \"%s\" in %s", scalar(k), where);
+			continue;
+		}
+		seen[idx] = true;
+		int r;
+		if (d->type == K_STRLIST)
+			r = set_strlist(l, d, base, v);
+		else if (d->type == K_RENAMES)
+			r = set_renames(l, d, base, v);
+		else if (v->type != YAML_SCALAR_NODE) {
+			report(l, &v->start_mark, "%s: expected a single value", d->name);
+			r = -EINVAL;
+		} else
+			r = set_scalar(l, d, base, scalar(v), &v->start_mark);
+		if (r == -ENOMEM)
+			return r;
+	}
+	size_t idx = 0;
+	for (const struct key_desc *d = keys; d->name; d++, idx++)
+		if (d->required && !seen[idx])
+			report(l, &n->start_mark, "%s: missing required key \"%s\"", where, d->name);
+	return 0;
+}
+
+static bool valid_source_name(const char *s)
+{
+	if (!*s)
+		return false;
+	for (; *s; s++)
+		if (!(islower((unsigned char)*s) || isdigit((unsigned char)*s) || *s == '_' || *s == '-'))
+			return false;
+	return true;
+}
+
+static int load_sources(struct loader *l, struct config *cfg, yaml_node_t *n)
+{
+	if (n->type != YAML_SEQUENCE_NODE) {
+		report(l, &n->start_mark, "sources: expected a list of sources");
+		return 0;
+	}
+	size_t len = (size_t)(n->data.sequence.items.top - n->data.sequence.items.start);
+	cfg->sources = calloc(len ? len : 1, sizeof(*cfg->sources));
+	if (!cfg->sources)
+		return -ENOMEM;
+	for (size_t i = 0; i < len; i++) {
+		yaml_node_t *item = node(l, n->data.sequence.items.start[i]);
+		struct source_config *src = &cfg->sources[i];
+		bool seen[16] = { false };
+		cfg->n_sources = i + 1;
+		int r = set_defaults(l, source_keys, src);
+		if (r < 0)
+			return r;
+		if (!item)
+			continue;
+		char where[64];
+		snprintf(where, sizeof(where), "sources[%zu]", i);
+		if (apply_mapping(l, where, source_keys, src, item, seen) < 0)
+			return -ENOMEM;
+		if (src->name && !valid_source_name(src->name))
+			report(l, &item->start_mark, "%s: name \"%s\" must match [a-z0-9_-]+", where, src->name);
+		for (size_t j = 0; j < i && src->name; j++)
+			if (cfg->sources[j].name && strcmp(cfg->sources[j].name, src->name) == 0)
+				report(l, &item->start_mark, "%s: duplicate source name \"%s\"", where, src->name);
+		if (src->id_column && !*src->id_column)
+			report(l, &item->start_mark, "%s: id_column must not be empty", where);
+		for (size_t j = 0; j < src->n_exclude && src->id_column; j++)
+			if (src->exclude[j] && strcmp(src->exclude[j], src->id_column) == 0)
+				report(l, &item->start_mark, "%s: id_column \"%s\" cannot be excluded", where,
+				       src->id_column);
+	}
+	return 0;
+}
+
+static int load_root(struct loader *l, struct config *cfg, yaml_node_t *root)
+{
+	bool seen_section[8] = { false };
+	bool seen_sources = false;
+
+	for (const struct section *s = sections; s->name; s++) {
+		int r = set_defaults(l, s->keys, cfg);
+		if (r < 0)
+			return r;
+	}
+	if (!root) {
+		report(l, NULL, "the file is empty; at least target.client_code is required");
+		return 0;
+	}
+	if (root->type != YAML_MAPPING_NODE) {
+		report(l, &root->start_mark, "expected a mapping of sections (target, state, ...)");
+		return 0;
+	}
+	for (yaml_node_pair_t *p = root->data.mapping.pairs.start; p < root->data.mapping.pairs.top; p++) {
+		yaml_node_t *k = node(l, p->key), *v = node(l, p->value);
+		if (!k || !v)
+			continue;
+		if (k->type != YAML_SCALAR_NODE) {
+			report(l, &k->start_mark, "section names must be plain names");
+			continue;
+		}
+		if (strcmp(scalar(k), "sources") == 0) {
+			if (seen_sources) {
+				report(l, &k->start_mark, "duplicate section \"sources\"");
+				continue;
+			}
+			seen_sources = true;
+			if (load_sources(l, cfg, v) < 0)
+				return -ENOMEM;
+			continue;
+		}
+		const struct section *s = sections;
+		while (s->name && strcmp(s->name, scalar(k)) != 0)
+			s++;
+		if (!s->name) {
+			report(l, &k->start_mark, "unknown section \"%s\"", scalar(k));
+			continue;
+		}
+		if (seen_section[s - sections]) {
+			report(l, &k->start_mark, "duplicate section \"%s\"", s->name);
+			continue;
+		}
+		seen_section[s - sections] = true;
+		bool seen[16] = { false };
+		if (apply_mapping(l, s->name, s->keys, cfg, v, seen) < 0)
+			return -ENOMEM;
+	}
+	if (!seen_section[0])
+		report(l, &root->start_mark, "missing required section \"target\"");
+	return 0;
+}
+
+static void validate(struct loader *l, struct config *cfg, yaml_node_t *root)
+{
+	const yaml_mark_t *mark = root ? &root->start_mark : NULL;
+	if (cfg->target.client_code) {
+		const char *c = cfg->target.client_code;
+		bool ok = *c != '\0';
+		for (; *c; c++)
+			if (!isalnum((unsigned char)*c) && *c != '-' && *c != '_')
+				ok = false;
+		if (!ok)
+			report(l, mark, "target.client_code \"%s\" must be letters, digits, '-' or '_'",
+			       cfg->target.client_code);
+		if (!cfg->target.base_url) {
+			size_t len = strlen(cfg->target.client_code) + 32;
+			cfg->target.base_url = malloc(len);
+			if (cfg->target.base_url)
+				snprintf(cfg->target.base_url, len, "https://%s.tt.omtrdc.net",
+					 cfg->target.client_code);
+		}
+	}
+	if (cfg->target.base_url) {
+		size_t n = strlen(cfg->target.base_url);
+		while (n && cfg->target.base_url[n - 1] == '/')
+			cfg->target.base_url[--n] = '\0';
+		if (strncmp(cfg->target.base_url, "https://", 8) != 0 &&
+		    strncmp(cfg->target.base_url, "http://", 7) != 0)
+			report(l, mark, "target.base_url must start with https:// (or http:// for tests)");
+	}
+	if (cfg->retry.initial_ms > cfg->retry.max_ms)
+		report(l, mark, "retry.initial must not be longer than retry.max");
+	if (cfg->target.id_type == ID_PC && cfg->target.api_version == 2)
+		warn(l, mark, "id_type pcId with api_version 2: with ECID-based implementations pcId "
+			      "must not be the key of a v2 batch; use api_version 1 for pcId keys");
+	if (cfg->n_sources == 0)
+		warn(l, mark, "no sources configured; the daemon will only deliver what is already queued");
+}
+
+int config_load(const char *path, struct config **out, FILE *err)
+{
+	struct loader l = { .path = path, .err = err };
+	yaml_parser_t parser;
+	int r = 0;
+
+	FILE *f = fopen(path, "rb");
+	if (!f) {
+		r = -errno;
+		if (err)
+			fprintf(err, "%s:1:1: cannot open: %s\n", path, strerror(-r));
+		return r;
+	}
+	struct config *cfg = calloc(1, sizeof(*cfg));
+	if (!cfg) {
+		r = -ENOMEM;
+		goto close_file;
+	}
+	cfg->path = strdup(path);
+	if (!cfg->path) {
+		r = -ENOMEM;
+		goto free_config;
+	}
+	if (!yaml_parser_initialize(&parser)) {
+		r = -ENOMEM;
+		goto free_config;
+	}
+	yaml_parser_set_input_file(&parser, f);
+	if (!yaml_parser_load(&parser, &l.doc)) {
+		report(&l, &parser.problem_mark, "YAML syntax error: %s%s%s", parser.problem,
+		       parser.context ? " " : "", parser.context ? parser.context : "");
+		r = -EINVAL;
+		goto delete_parser;
+	}
+	yaml_node_t *root = yaml_document_get_root_node(&l.doc);
+	r = load_root(&l, cfg, root);
+	if (r == 0)
+		validate(&l, cfg, root);
+	if (r == 0 && l.errors)
+		r = -EINVAL;
+	yaml_document_delete(&l.doc);
+delete_parser:
+	yaml_parser_delete(&parser);
+	if (r == 0) {
+		fclose(f);
+		*out = cfg;
+		return 0;
+	}
+free_config:
+	config_destroy(cfg);
+close_file:
+	fclose(f);
+	if (r == -ENOMEM && err)
+		fprintf(err, "%s:1:1: out of memory\n", path);
+	return r;
+}
+
+static void free_source(struct source_config *s)
+{
+	free(s->name);
+	free(s->path);
+	free(s->id_column);
+	for (size_t i = 0; i < s->n_columns; i++) {
+		free(s->columns[i].from);
+		free(s->columns[i].to);
+	}
+	free(s->columns);
+	for (size_t i = 0; i < s->n_exclude; i++)
+		free(s->exclude[i]);
+	free(s->exclude);
+}
+
+void config_destroy(struct config *cfg)
+{
+	if (!cfg)
+		return;
+	for (size_t i = 0; i < cfg->n_sources; i++)
+		free_source(&cfg->sources[i]);
+	free(cfg->sources);
+	free(cfg->path);
+	free(cfg->target.client_code);
+	free(cfg->target.base_url);
+	free(cfg->target.token_file);
+	free(cfg->target.ca_file);
+	free(cfg->state.database);
+	free(cfg->control.socket);
+	free(cfg);
+}
+
+const struct source_config *config_find_source(const struct config *cfg, const char *name)
+{
+	for (size_t i = 0; i < cfg->n_sources; i++)
+		if (strcmp(cfg->sources[i].name, name) == 0)
+			return &cfg->sources[i];
+	return NULL;
+}

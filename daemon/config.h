@@ -1,0 +1,90 @@
+/* SPDX-License-Identifier: MIT */
+/* The daemon's configuration: parsed from YAML into plain structs, validated, with
+ * every error reported as FILE:LINE:COL. */
+#ifndef TPSYNC_CONFIG_H
+#define TPSYNC_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#define TARGET_MAX_ROWS 500000
+#define TARGET_MAX_BYTES 50000000 /* the encoded body must stay under this */
+
+enum id_type { ID_THIRD_PARTY, ID_PC };
+enum rows_mode { ROWS_FULL_PROFILE, ROWS_CHANGED_ONLY };
+enum source_type { SOURCE_SPOOL, SOURCE_SNAPSHOT };
+enum after_action { AFTER_ARCHIVE, AFTER_DELETE };
+
+struct column_rename {
+	char *from;
+	char *to;
+};
+
+struct source_config {
+	char *name;
+	enum source_type type;
+	char *path;
+	char *id_column;
+	struct column_rename *columns;
+	size_t n_columns;
+	char **exclude;
+	size_t n_exclude;
+	enum after_action after;
+	char delimiter;
+	bool strict;
+};
+
+struct config {
+	char *path; /* the file it was read from */
+	struct {
+		char *client_code;
+		char *base_url;      /* without a trailing slash */
+		int64_t api_version; /* 1 or 2 */
+		enum id_type id_type;
+		char *token_file;    /* NULL: no token (or $CREDENTIALS_DIRECTORY/target-token) */
+		char *ca_file;
+		int64_t timeout_ms;
+		int64_t connect_timeout_ms;
+		int64_t poll_interval_ms;
+	} target;
+	struct {
+		char *database;
+	} state;
+	struct {
+		char *socket;
+	} control;
+	struct {
+		int64_t max_rows;
+		int64_t max_bytes;
+		int64_t linger_ms;
+		int64_t max_in_flight;
+		enum rows_mode rows;
+	} batch;
+	struct {
+		int64_t initial_ms;
+		int64_t max_ms;
+		int64_t give_up_after_ms;
+		int64_t max_failures; /* success=false answers before a batch is dead-lettered */
+	} retry;
+	struct {
+		int64_t rows_per_day;
+		int64_t calls_per_minute;
+	} limits;
+	struct source_config *sources;
+	size_t n_sources;
+};
+
+/* Reads and validates path. On success returns 0 and a config the caller frees
+ * with config_destroy(). On failure returns -EINVAL (or -ENOENT/-EIO when the file
+ * cannot be read) and has printed each problem as "FILE:LINE:COL: message" to err
+ * (which may be NULL to stay quiet). Warnings (valid but doubtful settings) are
+ * printed to err as "FILE:LINE:COL: warning: ..." and do not fail the load. */
+int config_load(const char *path, struct config **out, FILE *err);
+void config_destroy(struct config *cfg);
+
+/* The source called name, or NULL. */
+const struct source_config *config_find_source(const struct config *cfg, const char *name);
+
+#endif

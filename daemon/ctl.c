@@ -1,0 +1,356 @@
+/* SPDX-License-Identifier: MIT */
+/* tpsyncctl: asks a running tpsyncd over its control socket and prints the answer
+ * as a table for people, or as the raw JSON object with --json. Exit codes: 0 ok,
+ * 1 the daemon refused the command, 2 the daemon cannot be reached, 64 bad usage. */
+#include <errno.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#define DEFAULT_SOCKET "/run/tpsyncd/control.sock"
+#define EXIT_REFUSED 1
+#define EXIT_UNREACHABLE 2
+#define EXIT_USAGE 64
+
+static const struct command {
+	const char *name;
+	const char *args;
+	const char *help;
+} commands[] = {
+	{ "status", "", "what the daemon is doing: queue, delivery, sources" },
+	{ "sources", "", "per-source counters, rejects and ingestion progress" },
+	{ "batches", "[--limit N]", "recent batches and their state at Target" },
+	{ "dead", "[--limit N]", "dead letters: values that could not be delivered" },
+	{ "retry-dead", "[--all | ID...]", "queue dead letters again" },
+	{ "pause", "", "hold new submissions (status polls go on)" },
+	{ "resume", "", "release a pause" },
+	{ "flush", "", "send what is pending now, without waiting for batch.linger" },
+	{ "rescan", "[SOURCE]", "look for new files in every (or one) source" },
+	{ "reload", "", "re-read the configuration and the token (like SIGHUP)" },
+	{ "metrics", "", "Prometheus text exposition" },
+	{ NULL, NULL, NULL },
+};
+
+static void usage(FILE *out)
+{
+	fprintf(out, "Usage: tpsyncctl [-s SOCKET] COMMAND [ARGS] [--json]\n\nCommands:\n");
+	for (const struct command *c = commands; c->name; c++)
+		fprintf(out, "  %-10s %-16s %s\n", c->name, c->args, c->help);
+	fprintf(out, "\nOptions:\n  -s, --socket PATH  control socket (default %s)\n"
+		     "  --json             print the daemon's JSON answer\n  -h, --help         this help\n"
+		     "\nExit status: 0 ok, 1 refused by the daemon, 2 daemon unreachable.\n",
+		DEFAULT_SOCKET);
+}
+
+/* Sends one request line and reads one answer line. Returns the parsed answer or
+ * NULL with a message printed. */
+static json_t *call(const char *path, json_t *req)
+{
+	struct sockaddr_un sun = { .sun_family = AF_UNIX };
+	if (strlen(path) >= sizeof(sun.sun_path)) {
+		fprintf(stderr, "tpsyncctl: socket path too long: %s\n", path);
+		return NULL;
+	}
+	strcpy(sun.sun_path, path);
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0 || connect(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0) {
+		fprintf(stderr, "tpsyncctl: cannot reach tpsyncd at %s: %s\n", path, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return NULL;
+	}
+	char *text = json_dumps(req, JSON_COMPACT);
+	size_t len = text ? strlen(text) : 0;
+	bool ok = text && write(fd, text, len) == (ssize_t)len && write(fd, "\n", 1) == 1;
+	free(text);
+	if (!ok) {
+		fprintf(stderr, "tpsyncctl: cannot send to %s: %s\n", path, strerror(errno));
+		close(fd);
+		return NULL;
+	}
+	char *answer = NULL;
+	size_t alen = 0, cap = 0;
+	for (;;) {
+		if (alen + 4096 > cap) {
+			cap = cap ? cap * 2 : 8192;
+			char *bigger = realloc(answer, cap);
+			if (!bigger) {
+				free(answer);
+				close(fd);
+				return NULL;
+			}
+			answer = bigger;
+		}
+		ssize_t n = read(fd, answer + alen, cap - alen - 1);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		alen += (size_t)n;
+		if (memchr(answer + alen - n, '\n', (size_t)n))
+			break;
+	}
+	close(fd);
+	json_error_t err;
+	json_t *reply = answer ? json_loadb(answer, alen, 0, &err) : NULL;
+	free(answer);
+	if (!reply)
+		fprintf(stderr, "tpsyncctl: no valid answer from %s\n", path);
+	return reply;
+}
+
+static void fmt_ago(json_t *ms, char *out, size_t size)
+{
+	if (!json_is_integer(ms) || json_integer_value(ms) == 0) {
+		snprintf(out, size, "never");
+		return;
+	}
+	long long secs = (long long)time(NULL) - json_integer_value(ms) / 1000;
+	if (secs < 0)
+		snprintf(out, size, "in %llds", -secs);
+	else if (secs < 60)
+		snprintf(out, size, "%llds ago", secs);
+	else if (secs < 3600)
+		snprintf(out, size, "%lldm ago", secs / 60);
+	else if (secs < 86400)
+		snprintf(out, size, "%lldh ago", secs / 3600);
+	else
+		snprintf(out, size, "%lldd ago", secs / 86400);
+}
+
+static void fmt_count(double v, char *out, size_t size)
+{
+	if (v >= 1e6)
+		snprintf(out, size, "%.1fM", v / 1e6);
+	else if (v >= 1e3)
+		snprintf(out, size, "%.1fk", v / 1e3);
+	else
+		snprintf(out, size, "%.0f", v);
+}
+
+static const char *str(json_t *o, const char *key)
+{
+	const char *s = json_string_value(json_object_get(o, key));
+	return s ? s : "-";
+}
+
+static long long num(json_t *o, const char *key)
+{
+	return (long long)json_integer_value(json_object_get(o, key));
+}
+
+static void print_sources(json_t *sources)
+{
+	size_t i;
+	json_t *s;
+	printf("%-12s %-9s %6s %6s %10s %10s %9s  %s\n", "SOURCE", "TYPE", "FILES", "FAILED", "ROWS", "STAGED", "REJECTED",
+	       "LAST FILE");
+	json_array_foreach(sources, i, s) {
+		char ago[32], rows[16], staged[16];
+		fmt_ago(json_object_get(s, "last_file_at"), ago, sizeof(ago));
+		fmt_count((double)num(s, "rows_read"), rows, sizeof(rows));
+		fmt_count((double)num(s, "rows_staged"), staged, sizeof(staged));
+		printf("%-12s %-9s %6lld %6lld %10s %10s %9lld  %s (%s)\n", str(s, "name"), str(s, "type"), num(s, "files"),
+		       num(s, "files_failed"), rows, staged, num(s, "rows_rejected"), str(s, "last_file"), ago);
+		json_t *ing = json_object_get(s, "ingesting");
+		if (ing) {
+			char rate[16];
+			fmt_count(json_real_value(json_object_get(ing, "rows_per_second")), rate, sizeof(rate));
+			printf("%-12s ingesting %s: %lld rows, %lld of %lld bytes, %s rows/s\n", "", str(ing, "file"),
+			       num(ing, "rows"), num(ing, "bytes"), num(ing, "size"), rate);
+		}
+		if (json_is_string(json_object_get(s, "last_error")))
+			printf("%-12s last error: %s\n", "", str(s, "last_error"));
+		if (json_object_get(s, "profiles_missing") && num(s, "profiles_missing") > 0)
+			printf("%-12s profiles missing from the last snapshot: %lld (not cleared in Target)\n", "",
+			       num(s, "profiles_missing"));
+	}
+}
+
+static void print_status(json_t *r)
+{
+	json_t *q = json_object_get(r, "queue"), *dl = json_object_get(r, "delivery");
+	char ago[32], oldest[32];
+	fmt_ago(json_object_get(dl, "last_success_at"), ago, sizeof(ago));
+	fmt_ago(json_object_get(q, "oldest_pending_at"), oldest, sizeof(oldest));
+	long long up = num(r, "uptime_seconds");
+	printf("tpsyncd %s (pid %lld), client %s, up %lldh%02lldm%02llds\n", str(r, "version"), num(r, "pid"),
+	       str(r, "client_code"), up / 3600, up / 60 % 60, up % 60);
+	printf("delivery:  %s", str(dl, "state"));
+	if (json_is_string(json_object_get(dl, "held_back_by"))) {
+		char until[32];
+		fmt_ago(json_object_get(dl, "held_back_until"), until, sizeof(until));
+		printf(" by %s (until %s)", str(dl, "held_back_by"), until);
+	}
+	printf("; last success %s\n", ago);
+	printf("queue:     %lld profiles pending (oldest %s), %lld batches ready, %lld in flight, %lld awaiting status\n",
+	       num(q, "pending_profiles"), oldest, num(q, "batches_ready"), num(q, "batches_in_flight"),
+	       num(q, "batches_awaiting_status"));
+	printf("sent:      %lld rows in %lld batches accepted (%lld complete); %lld rows in the last 24h\n",
+	       num(dl, "rows_sent"), num(dl, "batches_accepted"), num(dl, "batches_complete"), num(dl, "rows_sent_last_24h"));
+	printf("dead:      %lld dead letters%s\n", num(q, "dead_letters"),
+	       num(q, "dead_letters") ? " (tpsyncctl dead; tpsyncctl retry-dead)" : "");
+	if (json_is_string(json_object_get(dl, "last_error")))
+		printf("last error: %s\n", str(dl, "last_error"));
+	if (json_is_string(json_object_get(r, "last_error")))
+		printf("daemon:    %s\n", str(r, "last_error"));
+	printf("\n");
+	print_sources(json_object_get(r, "sources"));
+}
+
+static void print_batches(json_t *arr)
+{
+	size_t i;
+	json_t *b;
+	printf("%6s %-9s %8s %10s %4s %-10s %-9s %s\n", "ID", "STATE", "ROWS", "BYTES", "TRY", "SENT", "TARGET", "DETAIL");
+	json_array_foreach(arr, i, b) {
+		char ago[32];
+		fmt_ago(json_object_get(b, "sent_at"), ago, sizeof(ago));
+		char detail[256] = "";
+		if (json_is_integer(json_object_get(b, "successful")))
+			snprintf(detail, sizeof(detail), "ok=%lld not_found=%lld failed=%lld", num(b, "successful"),
+				 num(b, "not_found"), num(b, "failed"));
+		else if (json_is_string(json_object_get(b, "last_error")))
+			snprintf(detail, sizeof(detail), "%s", str(b, "last_error"));
+		printf("%6lld %-9s %8lld %10lld %4lld %-10s %-9s %s\n", num(b, "id"), str(b, "state"), num(b, "rows"),
+		       num(b, "bytes"), num(b, "attempts"), ago, str(b, "target_status"), detail);
+	}
+}
+
+static void print_dead(json_t *r)
+{
+	size_t i;
+	json_t *d;
+	printf("%lld dead letters\n", num(r, "total"));
+	printf("%6s %-20s %-16s %-20s %s\n", "ID", "PROFILE", "ATTRIBUTE", "VALUE", "REASON");
+	json_array_foreach(json_object_get(r, "dead_letters"), i, d)
+		printf("%6lld %-20.20s %-16.16s %-20.20s %s\n", num(d, "id"), str(d, "profile"), str(d, "attr"),
+		       str(d, "value"), str(d, "reason"));
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option options[] = {
+		{ "socket", required_argument, NULL, 's' },
+		{ "json", no_argument, NULL, 'j' },
+		{ "limit", required_argument, NULL, 'l' },
+		{ "all", no_argument, NULL, 'a' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *path = getenv("TPSYNC_SOCKET") ? getenv("TPSYNC_SOCKET") : DEFAULT_SOCKET;
+	bool as_json = false, all = false;
+	long limit = 0;
+	int opt;
+	while ((opt = getopt_long(argc, argv, "s:h", options, NULL)) != -1) {
+		switch (opt) {
+		case 's':
+			path = optarg;
+			break;
+		case 'j':
+			as_json = true;
+			break;
+		case 'l': {
+			char *end;
+			limit = strtol(optarg, &end, 10);
+			if (*end || limit <= 0) {
+				fprintf(stderr, "tpsyncctl: --limit takes a positive number\n");
+				return EXIT_USAGE;
+			}
+			break;
+		}
+		case 'a':
+			all = true;
+			break;
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			usage(stderr);
+			return EXIT_USAGE;
+		}
+	}
+	if (optind >= argc) {
+		usage(stderr);
+		return EXIT_USAGE;
+	}
+	const char *cmd = argv[optind++];
+	const struct command *c = commands;
+	while (c->name && strcmp(c->name, cmd) != 0)
+		c++;
+	if (!c->name) {
+		fprintf(stderr, "tpsyncctl: unknown command \"%s\"\n", cmd);
+		usage(stderr);
+		return EXIT_USAGE;
+	}
+	json_t *args = json_object();
+	if (limit)
+		json_object_set_new(args, "limit", json_integer(limit));
+	if (strcmp(cmd, "rescan") == 0 && optind < argc)
+		json_object_set_new(args, "source", json_string(argv[optind++]));
+	if (strcmp(cmd, "retry-dead") == 0) {
+		if (optind < argc) {
+			json_t *ids = json_array();
+			for (; optind < argc; optind++) {
+				char *end;
+				long long id = strtoll(argv[optind], &end, 10);
+				if (*end || id <= 0) {
+					fprintf(stderr, "tpsyncctl: retry-dead: \"%s\" is not a dead letter id\n", argv[optind]);
+					return EXIT_USAGE;
+				}
+				json_array_append_new(ids, json_integer(id));
+			}
+			json_object_set_new(args, "ids", ids);
+		} else if (!all) {
+			fprintf(stderr, "tpsyncctl: retry-dead needs --all or dead letter ids\n");
+			return EXIT_USAGE;
+		}
+		if (all)
+			json_object_set_new(args, "all", json_true());
+	}
+	if (optind < argc) {
+		fprintf(stderr, "tpsyncctl: unexpected argument \"%s\"\n", argv[optind]);
+		return EXIT_USAGE;
+	}
+	json_t *req = json_pack("{s:i, s:s, s:o}", "v", 1, "cmd", cmd, "args", args);
+	json_t *reply = call(path, req);
+	json_decref(req);
+	if (!reply)
+		return EXIT_UNREACHABLE;
+	int code = 0;
+	if (!json_is_true(json_object_get(reply, "ok"))) {
+		fprintf(stderr, "tpsyncctl: %s: %s\n", cmd, str(reply, "error"));
+		code = EXIT_REFUSED;
+	} else {
+		json_t *r = json_object_get(reply, "result");
+		if (as_json) {
+			char *text = json_dumps(r, JSON_INDENT(2) | JSON_SORT_KEYS);
+			if (text)
+				puts(text);
+			free(text);
+		} else if (strcmp(cmd, "status") == 0) {
+			print_status(r);
+		} else if (strcmp(cmd, "sources") == 0) {
+			print_sources(json_object_get(r, "sources"));
+		} else if (strcmp(cmd, "batches") == 0) {
+			print_batches(json_object_get(r, "batches"));
+		} else if (strcmp(cmd, "dead") == 0) {
+			print_dead(r);
+		} else if (strcmp(cmd, "metrics") == 0) {
+			fputs(str(r, "text"), stdout);
+		} else if (strcmp(cmd, "retry-dead") == 0) {
+			printf("%lld dead letters queued again\n", num(r, "requeued"));
+		} else {
+			printf("ok\n");
+		}
+	}
+	json_decref(reply);
+	return code;
+}

@@ -1,0 +1,827 @@
+/* SPDX-License-Identifier: MIT */
+/* File ingestion in slices. A file goes through: identify (size, mtime, content
+ * hash) -> [strict: validate every row] -> stage slices, each one transaction that
+ * also moves the file's checkpoint -> done (recorded durably) -> rejects file and
+ * archive/delete. After a crash a file resumes at its last checkpoint, so every
+ * row is staged exactly once; a file recorded done is only archived again. */
+#include "ingest.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "attrset.h"
+#include "csv.h"
+#include "log.h"
+#include "stage.h"
+
+#define SLICE_ROWS 5000
+#define SLICE_MS 25
+#define HASH_CHUNK (4 << 20)
+#define MAX_FIELD (1 << 20)
+#define MAX_ID_LEN 128
+#define STRICT_REPORT_MAX 100
+
+enum phase { PH_OPEN, PH_HASH, PH_VALIDATE, PH_STAGE, PH_FINISH };
+
+struct job {
+	struct ingest_request req;
+	struct job *next;
+	enum phase phase;
+	int fd;
+	struct stat sb;
+	struct csv_reader *csv;
+	int64_t file_id;
+	uint64_t hash;
+	off_t hashed;
+	size_t n_cols;
+	uint32_t *col_attr; /* attribute id per column; 0: not sent */
+	size_t id_col;
+	int64_t rows, staged, rejected;
+	int64_t invalid;    /* strict validation: rows found bad */
+	bool is_queued_again; /* the file changed while it was being read */
+	struct buf strict_report;
+};
+
+struct ingest {
+	struct daemon *d;
+	struct event *tick;
+	struct event *retry;
+	struct job *head, *tail, *active;
+	bool is_paused;
+	struct stage sg;
+	struct attrset incoming;
+	char *hash_buf;
+};
+
+static void schedule(struct ingest *ig)
+{
+	if (!ig->is_paused && (ig->active || ig->head))
+		event_active(ig->tick, 0, 0);
+}
+
+static void job_free(struct job *j)
+{
+	if (!j)
+		return;
+	if (j->fd >= 0)
+		close(j->fd);
+	csv_destroy(j->csv);
+	free(j->col_attr);
+	buf_finish(&j->strict_report);
+	free(j->req.path);
+	free(j);
+}
+
+static const char *base_name(const char *path)
+{
+	const char *slash = strrchr(path, '/');
+	return slash ? slash + 1 : path;
+}
+
+/* Makes dir/sub (mode 0750) if missing and returns it in out. */
+static int ensure_subdir(const char *file_path, const char *sub, char *out, size_t size)
+{
+	const char *slash = strrchr(file_path, '/');
+	int n = slash ? snprintf(out, size, "%.*s/%s", (int)(slash - file_path), file_path, sub)
+		      : snprintf(out, size, "%s", sub);
+	if (n < 0 || (size_t)n >= size)
+		return -ENAMETOOLONG;
+	if (mkdir(out, 0750) < 0 && errno != EEXIST)
+		return -errno;
+	return 0;
+}
+
+/* A destination in dir for name that does not exist yet. */
+static int free_name(const char *dir, const char *name, const char *suffix, char *out, size_t size)
+{
+	for (int i = 0; i < 1000; i++) {
+		int n = i == 0 ? snprintf(out, size, "%s/%s%s", dir, name, suffix)
+			       : snprintf(out, size, "%s/%s.%d%s", dir, name, i, suffix);
+		if (n < 0 || (size_t)n >= size)
+			return -ENAMETOOLONG;
+		if (access(out, F_OK) < 0 && errno == ENOENT)
+			return 0;
+	}
+	return -EEXIST;
+}
+
+static void csv_quote(FILE *f, const char *s, size_t len)
+{
+	fputc('"', f);
+	for (size_t i = 0; i < len; i++) {
+		if (s[i] == '"')
+			fputc('"', f);
+		fputc(s[i], f);
+	}
+	fputc('"', f);
+}
+
+/* Writes NAME.rejects.csv into dir from the rejects table. */
+static int write_rejects(struct ingest *ig, struct job *j, const char *dir)
+{
+	char path[4096];
+	int r = free_name(dir, base_name(j->req.path), ".rejects.csv", path, sizeof(path));
+	if (r < 0)
+		return r;
+	FILE *f = fopen(path, "w");
+	if (!f)
+		return -errno;
+	fputs("line,reason,row\n", f);
+	sqlite3_stmt *s = store_stmt(ig->d->st,
+				     "SELECT line, reason, raw FROM rejects WHERE file_id = ? ORDER BY line");
+	if (!s) {
+		fclose(f);
+		return -EIO;
+	}
+	sqlite3_bind_int64(s, 1, j->file_id);
+	while (sqlite3_step(s) == SQLITE_ROW) {
+		fprintf(f, "%lld,", (long long)sqlite3_column_int64(s, 0));
+		csv_quote(f, (const char *)sqlite3_column_text(s, 1), (size_t)sqlite3_column_bytes(s, 1));
+		fputc(',', f);
+		csv_quote(f, sqlite3_column_blob(s, 2), (size_t)sqlite3_column_bytes(s, 2));
+		fputc('\n', f);
+	}
+	sqlite3_reset(s);
+	if (fflush(f) != 0 || fsync(fileno(f)) != 0) {
+		r = -errno;
+		fclose(f);
+		return r;
+	}
+	return fclose(f) == 0 ? 0 : -errno;
+}
+
+/* Moves the file to failed/ with a NAME.error note. */
+static void fail_file(struct ingest *ig, struct job *j, const char *reason)
+{
+	char dir[4096], dest[4096], note[4200];
+	const char *name = base_name(j->req.path);
+	log_err("msg=\"file failed\" source=%s file=\"%s\" reason=\"%s\"", j->req.src->name, j->req.path, reason);
+	snprintf(j->req.stats->last_error, sizeof(j->req.stats->last_error), "%s: %s", name, reason);
+	j->req.stats->files_failed++;
+	if (j->file_id > 0) {
+		sqlite3_stmt *s = store_stmt(ig->d->st,
+					     "UPDATE ingested_files SET state = 'failed', error = ?2, finished_at = ?3 WHERE id = ?1");
+		if (s) {
+			sqlite3_bind_int64(s, 1, j->file_id);
+			sqlite3_bind_text(s, 2, reason, -1, SQLITE_STATIC);
+			sqlite3_bind_int64(s, 3, now_ms());
+			if (sqlite3_step(s) != SQLITE_DONE)
+				log_warn("msg=\"cannot record failed file\" error=\"%s\"", sqlite3_errmsg(ig->d->st->db));
+			sqlite3_reset(s);
+		}
+	}
+	if (j->req.after == INGEST_KEEP)
+		return; /* snapshots stay where their exporter put them */
+	if (ensure_subdir(j->req.path, "failed", dir, sizeof(dir)) < 0 ||
+	    free_name(dir, name, "", dest, sizeof(dest)) < 0) {
+		log_err("msg=\"cannot make failed/ directory\" file=\"%s\"", j->req.path);
+		return;
+	}
+	if (rename(j->req.path, dest) < 0) {
+		log_err("msg=\"cannot move file to failed/\" file=\"%s\" error=\"%s\"", j->req.path, strerror(errno));
+		return;
+	}
+	snprintf(note, sizeof(note), "%s.error", dest);
+	FILE *f = fopen(note, "w");
+	if (f) {
+		fprintf(f, "%s\n", reason);
+		if (j->strict_report.len)
+			fwrite(j->strict_report.data, 1, j->strict_report.len, f);
+		if (fclose(f) != 0)
+			log_warn("msg=\"cannot write error note\" file=\"%s\"", note);
+	}
+}
+
+/* Archives or deletes a file whose rows are durable, writing its rejects first. */
+static void dispose_file(struct ingest *ig, struct job *j)
+{
+	char dir[4096], dest[4096];
+	const char *name = base_name(j->req.path);
+	int r = 0;
+	if (j->req.after == INGEST_KEEP) {
+		if (j->rejected > 0) {
+			char parent[4096];
+			snprintf(parent, sizeof(parent), "%s", j->req.path);
+			r = write_rejects(ig, j, ig->d->dry_run_dir ? ig->d->dry_run_dir : dirname(parent));
+		}
+	} else {
+		r = ensure_subdir(j->req.path, "archive", dir, sizeof(dir));
+		if (r == 0 && j->rejected > 0)
+			r = write_rejects(ig, j, dir);
+		if (r < 0)
+			log_warn("msg=\"cannot write rejects file\" file=\"%s\" error=\"%s\"", j->req.path, strerror(-r));
+		if (j->req.after == INGEST_DELETE) {
+			if (unlink(j->req.path) < 0)
+				r = -errno;
+		} else if ((r = free_name(dir, name, "", dest, sizeof(dest))) == 0 && rename(j->req.path, dest) < 0) {
+			r = -errno;
+		}
+	}
+	if (r < 0)
+		log_err("msg=\"cannot archive file\" file=\"%s\" error=\"%s\"", j->req.path, strerror(-r));
+}
+
+static bool valid_attr_name(const char *s, size_t len)
+{
+	if (len == 0 || len > 128)
+		return false;
+	for (size_t i = 0; i < len; i++) {
+		char c = s[i];
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+		      c == '-' || c == '.'))
+			return false;
+	}
+	return true;
+}
+
+/* Maps the header row to attribute ids. Returns 0, or -EINVAL with why in reason. */
+static int map_header(struct ingest *ig, struct job *j, const struct csv_record *h, char *reason, size_t size)
+{
+	const struct source_config *src = j->req.src;
+	if (h->error) {
+		snprintf(reason, size, "header (line %llu): %s", (unsigned long long)h->line, h->error);
+		return -EINVAL;
+	}
+	j->n_cols = h->n_fields;
+	j->col_attr = calloc(h->n_fields, sizeof(*j->col_attr));
+	if (!j->col_attr)
+		return -ENOMEM;
+	bool have_id = false;
+	for (size_t c = 0; c < h->n_fields; c++) {
+		const char *col = h->fields[c];
+		if (strcmp(col, src->id_column) == 0) {
+			if (have_id) {
+				snprintf(reason, size, "header: id column \"%s\" appears twice", col);
+				return -EINVAL;
+			}
+			have_id = true;
+			j->id_col = c;
+			continue;
+		}
+		bool excluded = false;
+		for (size_t e = 0; e < src->n_exclude; e++)
+			if (strcmp(src->exclude[e], col) == 0)
+				excluded = true;
+		if (excluded)
+			continue;
+		const char *attr = col;
+		for (size_t m = 0; m < src->n_columns; m++)
+			if (strcmp(src->columns[m].from, col) == 0)
+				attr = src->columns[m].to;
+		if (!valid_attr_name(attr, strlen(attr))) {
+			snprintf(reason, size,
+				 "header: column %zu \"%.64s\" is not a valid attribute name (letters, digits, "
+				 "'_', '-', '.'); rename it with columns: or exclude it",
+				 c + 1, attr);
+			return -EINVAL;
+		}
+		int64_t id = store_attr_id(ig->d->st, attr, strlen(attr));
+		if (id < 0) {
+			snprintf(reason, size, "cannot record attribute name: %s", sqlite3_errmsg(ig->d->st->db));
+			return -EIO;
+		}
+		for (size_t p = 0; p < c; p++) {
+			if (j->col_attr[p] == (uint32_t)id) {
+				snprintf(reason, size, "header: attribute \"%s\" comes from two columns", attr);
+				return -EINVAL;
+			}
+		}
+		j->col_attr[c] = (uint32_t)id;
+	}
+	if (!have_id) {
+		snprintf(reason, size, "header: no id column \"%s\"", src->id_column);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+/* Checks one record and fills ig->incoming. Returns NULL if good, else why not. */
+static const char *check_row(struct ingest *ig, struct job *j, const struct csv_record *rec)
+{
+	static char why[128];
+	if (rec->error)
+		return rec->error;
+	if (rec->n_fields != j->n_cols) {
+		snprintf(why, sizeof(why), "row has %zu fields, the header has %zu", rec->n_fields, j->n_cols);
+		return why;
+	}
+	const char *id = rec->fields[j->id_col];
+	size_t id_len = rec->lens[j->id_col];
+	if (id_len == 0)
+		return "empty id";
+	if (id_len > MAX_ID_LEN)
+		return "id longer than 128 bytes";
+	for (size_t i = 0; i < id_len; i++) {
+		if (id[i] == '+' || id[i] == '/')
+			return "id contains '+' or '/', which Target does not accept";
+		if ((unsigned char)id[i] < 0x20 || id[i] == 0x7f)
+			return "id contains a control character";
+	}
+	attrset_clear(&ig->incoming);
+	for (size_t c = 0; c < rec->n_fields; c++) {
+		if (!j->col_attr[c] || rec->lens[c] == 0)
+			continue; /* empty means "no change" to Target */
+		if (attrset_put(&ig->incoming, j->col_attr[c], rec->fields[c], (uint32_t)rec->lens[c]) < 0)
+			return "out of memory";
+	}
+	return NULL;
+}
+
+static int record_reject(struct ingest *ig, struct job *j, const struct csv_record *rec, const char *why)
+{
+	j->rejected++;
+	j->req.stats->rows_rejected++;
+	log_debug("msg=\"row rejected\" source=%s file=\"%s\" line=%llu reason=\"%s\"", j->req.src->name,
+		  base_name(j->req.path), (unsigned long long)rec->line, why);
+	sqlite3_stmt *s = store_stmt(ig->d->st, "INSERT INTO rejects (file_id, line, reason, raw) VALUES (?, ?, ?, ?)");
+	if (!s)
+		return -EIO;
+	sqlite3_bind_int64(s, 1, j->file_id);
+	sqlite3_bind_int64(s, 2, (int64_t)rec->line);
+	sqlite3_bind_text(s, 3, why, -1, SQLITE_STATIC);
+	sqlite3_bind_blob(s, 4, rec->raw, (int)rec->raw_len, SQLITE_STATIC);
+	int rc = sqlite3_step(s);
+	sqlite3_reset(s);
+	return rc == SQLITE_DONE ? 0 : -EIO;
+}
+
+static int64_t mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int open_csv(struct job *j, char *reason, size_t size)
+{
+	csv_destroy(j->csv);
+	j->csv = csv_create(j->fd, j->req.src->delimiter, MAX_FIELD);
+	if (!j->csv)
+		return -ENOMEM;
+	int r = csv_seek(j->csv, 0, 1);
+	if (r < 0)
+		snprintf(reason, size, "cannot rewind: %s", strerror(-r));
+	return r;
+}
+
+/* Reads the header and positions the reader at the first row (or checkpoint). */
+static int start_rows(struct ingest *ig, struct job *j, off_t offset, uint64_t line, char *reason, size_t size)
+{
+	struct csv_record h;
+	int r = open_csv(j, reason, size);
+	if (r < 0)
+		return r;
+	r = csv_next(j->csv, &h);
+	if (r < 0) {
+		snprintf(reason, size, "read error: %s", strerror(-r));
+		return r;
+	}
+	if (r == 0) {
+		snprintf(reason, size, "empty file: no header row");
+		return -EINVAL;
+	}
+	if (!j->col_attr && (r = map_header(ig, j, &h, reason, size)) < 0)
+		return r;
+	if (offset > 0 && (r = csv_seek(j->csv, offset, line)) < 0)
+		snprintf(reason, size, "cannot seek to checkpoint: %s", strerror(-r));
+	return r;
+}
+
+/* Identifies a file. Returns 1 to go on, 0 if the job is finished, or < 0. */
+static int phase_open(struct ingest *ig, struct job *j, char *reason, size_t size)
+{
+	j->fd = open(j->req.path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (j->fd < 0) {
+		int e = errno;
+		if (e == ENOENT)
+			return 0; /* gone before we got to it: nothing to do */
+		snprintf(reason, size, "cannot open: %s", strerror(e));
+		return -e;
+	}
+	if (fstat(j->fd, &j->sb) < 0 || !S_ISREG(j->sb.st_mode)) {
+		snprintf(reason, size, "not a regular file");
+		return -EINVAL;
+	}
+	/* A file seen before with the same identity: resume it, or just dispose of it. */
+	sqlite3_stmt *s = store_stmt(ig->d->st,
+				     "SELECT id, state, offset, line, rows, staged, rejected FROM ingested_files"
+				     " WHERE source = ? AND name = ? AND size = ? AND mtime = ? ORDER BY id DESC LIMIT 1");
+	if (!s)
+		return -EIO;
+	sqlite3_bind_text(s, 1, j->req.src->name, -1, SQLITE_STATIC);
+	sqlite3_bind_text(s, 2, base_name(j->req.path), -1, SQLITE_STATIC);
+	sqlite3_bind_int64(s, 3, (int64_t)j->sb.st_size);
+	sqlite3_bind_int64(s, 4, (int64_t)j->sb.st_mtim.tv_sec * 1000 + j->sb.st_mtim.tv_nsec / 1000000);
+	if (sqlite3_step(s) == SQLITE_ROW) {
+		const char *state = (const char *)sqlite3_column_text(s, 1);
+		j->file_id = sqlite3_column_int64(s, 0);
+		j->rows = sqlite3_column_int64(s, 4);
+		j->staged = sqlite3_column_int64(s, 5);
+		j->rejected = sqlite3_column_int64(s, 6);
+		if (strcmp(state, "done") == 0) {
+			sqlite3_reset(s);
+			log_info("msg=\"file already ingested; disposing of it\" source=%s file=\"%s\"",
+				 j->req.src->name, j->req.path);
+			j->phase = PH_FINISH;
+			return 1;
+		}
+		if (strcmp(state, "staging") == 0) {
+			off_t offset = sqlite3_column_int64(s, 2);
+			uint64_t line = (uint64_t)sqlite3_column_int64(s, 3);
+			sqlite3_reset(s);
+			log_info("msg=\"resuming file\" source=%s file=\"%s\" offset=%lld line=%llu",
+				 j->req.src->name, j->req.path, (long long)offset, (unsigned long long)line);
+			j->phase = PH_STAGE;
+			return start_rows(ig, j, offset, line, reason, size) < 0 ? -EINVAL : 1;
+		}
+		j->file_id = 0; /* failed before: try again as a new file */
+		j->rows = j->staged = j->rejected = 0;
+	}
+	sqlite3_reset(s);
+	j->hash = 1469598103934665603ULL; /* FNV-1a 64 offset basis */
+	j->phase = PH_HASH;
+	return 1;
+}
+
+static int phase_hash(struct ingest *ig, struct job *j, char *reason, size_t size)
+{
+	ssize_t n = pread(j->fd, ig->hash_buf, HASH_CHUNK, j->hashed);
+	if (n < 0) {
+		snprintf(reason, size, "read error: %s", strerror(errno));
+		return -errno;
+	}
+	for (ssize_t i = 0; i < n; i++) {
+		j->hash ^= (unsigned char)ig->hash_buf[i];
+		j->hash *= 1099511628211ULL;
+	}
+	j->hashed += n;
+	if (n > 0)
+		return 1;
+	char hex[17];
+	snprintf(hex, sizeof(hex), "%016llx", (unsigned long long)j->hash);
+	/* The same content as the source's last file (a re-dropped export, an unchanged
+	 * snapshot): nothing new in it. Only the last one: after A, B, a second A
+	 * carries changes back and must be staged. */
+	sqlite3_stmt *s = store_stmt(ig->d->st,
+				     "SELECT name, hash, size FROM ingested_files WHERE source = ? AND state = 'done'"
+				     " ORDER BY id DESC LIMIT 1");
+	if (!s)
+		return -EIO;
+	sqlite3_bind_text(s, 1, j->req.src->name, -1, SQLITE_STATIC);
+	bool seen = sqlite3_step(s) == SQLITE_ROW && sqlite3_column_int64(s, 2) == (int64_t)j->sb.st_size &&
+		    sqlite3_column_text(s, 1) && strcmp((const char *)sqlite3_column_text(s, 1), hex) == 0;
+	if (seen)
+		log_info("msg=\"file has the content of one already ingested; nothing staged\" source=%s "
+			 "file=\"%s\" same_as=\"%s\"", j->req.src->name, j->req.path, sqlite3_column_text(s, 0));
+	sqlite3_reset(s);
+	s = store_stmt(ig->d->st,
+		       "INSERT INTO ingested_files (source, name, size, mtime, hash, state, started_at)"
+		       " VALUES (?, ?, ?, ?, ?, ?, ?)");
+	if (!s)
+		return -EIO;
+	sqlite3_bind_text(s, 1, j->req.src->name, -1, SQLITE_STATIC);
+	sqlite3_bind_text(s, 2, base_name(j->req.path), -1, SQLITE_STATIC);
+	sqlite3_bind_int64(s, 3, (int64_t)j->sb.st_size);
+	sqlite3_bind_int64(s, 4, (int64_t)j->sb.st_mtim.tv_sec * 1000 + j->sb.st_mtim.tv_nsec / 1000000);
+	sqlite3_bind_text(s, 5, hex, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_text(s, 6, seen ? "done" : "staging", -1, SQLITE_STATIC);
+	sqlite3_bind_int64(s, 7, now_ms());
+	int rc = sqlite3_step(s);
+	sqlite3_reset(s);
+	if (rc != SQLITE_DONE) {
+		snprintf(reason, size, "cannot record file: %s", sqlite3_errmsg(ig->d->st->db));
+		return -EIO;
+	}
+	j->file_id = sqlite3_last_insert_rowid(ig->d->st->db);
+	if (seen) {
+		j->phase = PH_FINISH;
+		return 1;
+	}
+	j->phase = j->req.src->strict ? PH_VALIDATE : PH_STAGE;
+	return start_rows(ig, j, 0, 1, reason, size) < 0 ? -EINVAL : 1;
+}
+
+/* strict: every row must be good before any is staged. */
+static int phase_validate(struct ingest *ig, struct job *j, char *reason, size_t size)
+{
+	int64_t start = mono_ms();
+	for (int n = 0; n < SLICE_ROWS * 4 && mono_ms() - start < SLICE_MS; n++) {
+		struct csv_record rec;
+		int r = csv_next(j->csv, &rec);
+		if (r < 0) {
+			snprintf(reason, size, "read error: %s", strerror(-r));
+			return r;
+		}
+		if (r == 0) {
+			if (j->invalid > 0) {
+				snprintf(reason, size, "strict source: %lld bad row(s); the whole file is rejected",
+					 (long long)j->invalid);
+				return -EINVAL;
+			}
+			j->phase = PH_STAGE;
+			return start_rows(ig, j, 0, 1, reason, size) < 0 ? -EINVAL : 1;
+		}
+		const char *why = check_row(ig, j, &rec);
+		if (why) {
+			j->invalid++;
+			if (j->invalid <= STRICT_REPORT_MAX) {
+				char line[256];
+				int len = snprintf(line, sizeof(line), "line %llu: %s\n", (unsigned long long)rec.line, why);
+				if (buf_append(&j->strict_report, line, (size_t)len) < 0)
+					return -ENOMEM;
+			}
+		}
+	}
+	return 1;
+}
+
+static int update_checkpoint(struct ingest *ig, struct job *j, off_t offset, uint64_t line, bool done)
+{
+	sqlite3_stmt *s = store_stmt(ig->d->st,
+				     "UPDATE ingested_files SET offset = ?2, line = ?3, rows = ?4, staged = ?5, rejected = ?6,"
+				     " state = ?7, finished_at = ?8 WHERE id = ?1");
+	if (!s)
+		return -EIO;
+	sqlite3_bind_int64(s, 1, j->file_id);
+	sqlite3_bind_int64(s, 2, (int64_t)offset);
+	sqlite3_bind_int64(s, 3, (int64_t)line);
+	sqlite3_bind_int64(s, 4, j->rows);
+	sqlite3_bind_int64(s, 5, j->staged);
+	sqlite3_bind_int64(s, 6, j->rejected);
+	sqlite3_bind_text(s, 7, done ? "done" : "staging", -1, SQLITE_STATIC);
+	if (done)
+		sqlite3_bind_int64(s, 8, now_ms());
+	int rc = sqlite3_step(s);
+	sqlite3_reset(s);
+	return rc == SQLITE_DONE ? 0 : -EIO;
+}
+
+/* One slice: a transaction of up to SLICE_ROWS rows or SLICE_MS. Returns 1 to go
+ * on, -EIO/-ENOSPC to retry the slice later, other negatives to fail the file. */
+static int phase_stage(struct ingest *ig, struct job *j, char *reason, size_t size)
+{
+	struct store *st = ig->d->st;
+	int64_t start = mono_ms();
+	int64_t rows = j->rows, staged = j->staged, rejected = j->rejected;
+	int64_t stat_rows = j->req.stats->rows_read, stat_staged = j->req.stats->rows_staged,
+		stat_rejected = j->req.stats->rows_rejected;
+	off_t offset = 0;
+	uint64_t line = 0;
+	bool done = false;
+	int r;
+
+	if (store_begin(st) < 0)
+		goto db_error;
+	for (int n = 0; n < SLICE_ROWS; n++) {
+		struct csv_record rec;
+		r = csv_next(j->csv, &rec);
+		if (r < 0) {
+			store_rollback(st);
+			snprintf(reason, size, "read error: %s", strerror(-r));
+			return r;
+		}
+		if (r == 0) {
+			done = true;
+			break;
+		}
+		offset = rec.end_offset;
+		line = rec.line + 1;
+		j->rows++;
+		j->req.stats->rows_read++;
+		const char *why = check_row(ig, j, &rec);
+		if (!why) {
+			r = stage_profile(&ig->sg, rec.fields[j->id_col], rec.lens[j->id_col], &ig->incoming,
+					  j->req.src->name);
+			if (r == -E2BIG)
+				why = "profile data would exceed Target's 64 KB per profile";
+			else if (r < 0)
+				goto db_error;
+			else if (r > 0) {
+				j->staged++;
+				j->req.stats->rows_staged++;
+			}
+		}
+		if (why && record_reject(ig, j, &rec, why) < 0)
+			goto db_error;
+		if ((n & 63) == 63 && mono_ms() - start >= SLICE_MS)
+			break;
+	}
+	if (done) {
+		offset = (off_t)j->sb.st_size;
+		line = 0;
+	}
+	if ((line || done) && update_checkpoint(ig, j, offset, line, done) < 0)
+		goto db_error;
+	if (store_commit(st) < 0)
+		goto db_error;
+	j->req.stats->current_rows = j->rows;
+	j->req.stats->current_bytes = offset;
+	if (j->staged > staged)
+		daemon_progress(ig->d);
+	if (done)
+		j->phase = PH_FINISH;
+	return 1;
+
+db_error:
+	r = sqlite3_extended_errcode(st->db);
+	snprintf(reason, size, "state database: %s", sqlite3_errmsg(st->db));
+	store_rollback(st);
+	/* Nothing of the slice is kept: rewind to the last committed checkpoint. */
+	j->rows = rows;
+	j->staged = staged;
+	j->rejected = rejected;
+	j->req.stats->rows_read = stat_rows;
+	j->req.stats->rows_staged = stat_staged;
+	j->req.stats->rows_rejected = stat_rejected;
+	return (r & 0xff) == SQLITE_FULL ? -ENOSPC : -EIO;
+}
+
+static void finish_job(struct ingest *ig, struct job *j, int result)
+{
+	struct source_stats *stats = j->req.stats;
+	stats->is_busy = false;
+	if (result == 0) {
+		dispose_file(ig, j);
+		stats->files++;
+		stats->last_file_at = now_ms();
+		snprintf(stats->last_file, sizeof(stats->last_file), "%s", base_name(j->req.path));
+		log_info("msg=\"file ingested\" source=%s file=\"%s\" rows=%lld staged=%lld rejected=%lld",
+			 j->req.src->name, j->req.path, (long long)j->rows, (long long)j->staged,
+			 (long long)j->rejected);
+		if (j->rejected)
+			snprintf(stats->last_error, sizeof(stats->last_error), "%s: %lld row(s) rejected",
+				 base_name(j->req.path), (long long)j->rejected);
+	}
+	if (j->req.done)
+		j->req.done(j->req.done_arg, j->req.path, result);
+	if (j->is_queued_again) {
+		struct ingest_request again = j->req;
+		j->req.path = NULL; /* ownership passes to the new job */
+		if (ingest_enqueue(ig, &again) < 0)
+			log_err("msg=\"cannot queue changed file again\"");
+	}
+	job_free(j);
+	daemon_progress(ig->d);
+}
+
+static void on_retry(evutil_socket_t fd, short what, void *arg)
+{
+	struct ingest *ig = arg;
+	ig->is_paused = false;
+	schedule(ig);
+}
+
+static void on_tick(evutil_socket_t fd, short what, void *arg)
+{
+	struct ingest *ig = arg;
+	char reason[512] = "";
+	if (ig->is_paused || ig->d->is_stopping)
+		return;
+	if (!ig->active) {
+		ig->active = ig->head;
+		if (!ig->active)
+			return;
+		ig->head = ig->active->next;
+		if (!ig->head)
+			ig->tail = NULL;
+		struct source_stats *stats = ig->active->req.stats;
+		stats->is_busy = true;
+		stats->current_rows = 0;
+		stats->current_bytes = 0;
+		stats->current_started_at = now_ms();
+		snprintf(stats->current, sizeof(stats->current), "%s", base_name(ig->active->req.path));
+	}
+	struct job *j = ig->active;
+	int r;
+	switch (j->phase) {
+	case PH_OPEN:
+		r = phase_open(ig, j, reason, sizeof(reason));
+		j->req.stats->current_size = j->sb.st_size;
+		break;
+	case PH_HASH:
+		r = phase_hash(ig, j, reason, sizeof(reason));
+		break;
+	case PH_VALIDATE:
+		r = phase_validate(ig, j, reason, sizeof(reason));
+		break;
+	case PH_STAGE:
+		r = phase_stage(ig, j, reason, sizeof(reason));
+		break;
+	default:
+		r = 0;
+		break;
+	}
+	if (r == -EIO || r == -ENOSPC || r == -ENOMEM) {
+		/* The file stays where it is; try the slice again shortly. */
+		log_err("msg=\"ingestion held back\" source=%s file=\"%s\" reason=\"%s\"", j->req.src->name,
+			j->req.path, reason[0] ? reason : strerror(-r));
+		snprintf(j->req.stats->last_error, sizeof(j->req.stats->last_error), "%s", reason);
+		snprintf(ig->d->last_error, sizeof(ig->d->last_error), "ingestion held back: %s", reason);
+		ig->is_paused = true;
+		struct timeval tv = { 2, 0 };
+		if (event_add(ig->retry, &tv) < 0)
+			log_err("msg=\"cannot arm retry timer\"");
+		return;
+	}
+	if (r < 0) {
+		fail_file(ig, j, reason[0] ? reason : strerror(-r));
+		ig->active = NULL;
+		finish_job(ig, j, r);
+	} else if (r == 0 || j->phase == PH_FINISH) {
+		ig->active = NULL;
+		if (r == 0)
+			job_free(j);
+		else
+			finish_job(ig, j, 0);
+	}
+	if (ig->d->last_error[0] && strncmp(ig->d->last_error, "ingestion held back", 19) == 0)
+		ig->d->last_error[0] = '\0';
+	schedule(ig);
+}
+
+struct ingest *ingest_create(struct daemon *d)
+{
+	struct ingest *ig = calloc(1, sizeof(*ig));
+	if (!ig)
+		return NULL;
+	ig->d = d;
+	ig->hash_buf = malloc(HASH_CHUNK);
+	ig->tick = event_new(d->base, -1, 0, on_tick, ig);
+	ig->retry = evtimer_new(d->base, on_retry, ig);
+	if (!ig->hash_buf || !ig->tick || !ig->retry) {
+		ingest_destroy(ig);
+		return NULL;
+	}
+	/* Below the control socket and the sender, so they are served between slices. */
+	event_priority_set(ig->tick, 2);
+	stage_init(&ig->sg, d->st);
+	attrset_init(&ig->incoming);
+	return ig;
+}
+
+void ingest_destroy(struct ingest *ig)
+{
+	if (!ig)
+		return;
+	job_free(ig->active);
+	for (struct job *j = ig->head, *next; j; j = next) {
+		next = j->next;
+		job_free(j);
+	}
+	if (ig->tick)
+		event_free(ig->tick);
+	if (ig->retry)
+		event_free(ig->retry);
+	stage_finish(&ig->sg);
+	attrset_finish(&ig->incoming);
+	free(ig->hash_buf);
+	free(ig);
+}
+
+int ingest_enqueue(struct ingest *ig, const struct ingest_request *req)
+{
+	if (ig->active && strcmp(ig->active->req.path, req->path) == 0) {
+		/* It changed while being read (a snapshot rewritten): read it once more. */
+		ig->active->is_queued_again = ig->active->phase != PH_FINISH;
+		goto duplicate;
+	}
+	for (struct job *j = ig->head; j; j = j->next)
+		if (strcmp(j->req.path, req->path) == 0)
+			goto duplicate;
+	struct job *j = calloc(1, sizeof(*j));
+	if (!j) {
+		free(req->path);
+		return -ENOMEM;
+	}
+	j->req = *req;
+	j->fd = -1;
+	buf_init(&j->strict_report);
+	if (ig->tail)
+		ig->tail->next = j;
+	else
+		ig->head = j;
+	ig->tail = j;
+	schedule(ig);
+	return 0;
+duplicate:
+	free(req->path);
+	return 0;
+}
+
+bool ingest_is_idle(const struct ingest *ig)
+{
+	return !ig->active && !ig->head;
+}
+
+void ingest_set_paused(struct ingest *ig, bool paused)
+{
+	ig->is_paused = paused;
+	schedule(ig);
+}

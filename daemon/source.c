@@ -1,0 +1,42 @@
+/* SPDX-License-Identifier: MIT */
+/* Source lifecycle shared by the spool and snapshot kinds. */
+#include "source.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "log.h"
+
+int source_create(struct daemon *d, const struct source_config *cfg, struct source **out)
+{
+	struct source *s = calloc(1, sizeof(*s));
+	if (!s)
+		return -ENOMEM;
+	s->d = d;
+	s->cfg = cfg;
+	s->inotify_fd = -1;
+	int r = cfg->type == SOURCE_SPOOL ? spool_watch(s) : snapshot_watch(s);
+	if (r < 0) {
+		source_destroy(s);
+		return r;
+	}
+	*out = s;
+	return 0;
+}
+
+void source_destroy(struct source *s)
+{
+	if (!s)
+		return;
+	if (s->ev)
+		event_free(s->ev);
+	if (s->inotify_fd >= 0)
+		close(s->inotify_fd);
+	free(s);
+}
+
+int source_scan(struct source *s)
+{
+	return s->cfg->type == SOURCE_SPOOL ? spool_scan(s) : snapshot_scan(s);
+}

@@ -1,0 +1,36 @@
+/* SPDX-License-Identifier: MIT */
+/* Sources: the places customer data comes from. Each watches its files with
+ * inotify on the event loop and hands complete files to the ingestion queue. */
+#ifndef TPSYNC_SOURCE_H
+#define TPSYNC_SOURCE_H
+
+#include "daemon.h"
+#include "ingest.h"
+
+struct source {
+	struct daemon *d;
+	const struct source_config *cfg;
+	struct source_stats stats;
+	int inotify_fd;
+	struct event *ev;
+	/* snapshot: the profiles of the last version that are absent from it */
+	int64_t missing_profiles;
+};
+
+/* Creates the source for cfg and starts watching (the watch is set up before the
+ * first scan so nothing that arrives in between is missed). Returns 0 and the
+ * source in *out, or a negative errno with the reason logged. */
+int source_create(struct daemon *d, const struct source_config *cfg, struct source **out);
+void source_destroy(struct source *s);
+
+/* Queues every complete file the source has now (start-up, rescan). Returns 0 or a
+ * negative errno. */
+int source_scan(struct source *s);
+
+/* source_spool.c / source_snapshot.c */
+int spool_watch(struct source *s);
+int spool_scan(struct source *s);
+int snapshot_watch(struct source *s);
+int snapshot_scan(struct source *s);
+
+#endif

@@ -1,0 +1,46 @@
+/* SPDX-License-Identifier: MIT */
+/* Staging: compares incoming attribute values with what Target was last given and
+ * keeps only real changes in the profile's pending set. */
+#ifndef TPSYNC_STAGE_H
+#define TPSYNC_STAGE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "attrset.h"
+#include "buf.h"
+#include "store.h"
+
+/* All external data of one profile must stay under this (TARGET_API.md). */
+#define PROFILE_MAX_BYTES 65536
+
+struct stage {
+	struct store *st;
+	struct attrset accepted, inflight, pending;
+	struct buf blob;
+};
+
+void stage_init(struct stage *sg, struct store *st);
+void stage_finish(struct stage *sg);
+
+/* Stages incoming (non-empty values, ids from store_attr_id) for profile, inside
+ * the caller's transaction. An attribute is staged when its value differs from
+ * what Target was last given (the in-flight value if any, else the accepted one);
+ * a value that returns to that while still pending cancels the pending change.
+ * Returns 1 when the profile's pending set changed, 0 when nothing differed,
+ * -E2BIG when the profile would exceed PROFILE_MAX_BYTES (nothing staged), -EIO on
+ * a database error, -ENOMEM. */
+int stage_profile(struct stage *sg, const char *profile, size_t profile_len,
+		  const struct attrset *incoming, const char *source);
+
+/* Makes sure the latest values of the attributes in ids (their values are
+ * ignored) go to Target again: each one not already pending is staged with its
+ * in-flight value if any, else its accepted value. Used after a request whose
+ * answer never came, and for stuck batches. Returns 0 or a negative errno. */
+int stage_refresh(struct stage *sg, const char *profile, const struct attrset *ids, const char *source);
+
+/* Stages values for attributes that are not already pending (a pending value is
+ * newer and wins). Used to re-queue dead letters. Returns 0 or a negative errno. */
+int stage_restore(struct stage *sg, const char *profile, const struct attrset *values, const char *source);
+
+#endif

@@ -1,0 +1,245 @@
+/* SPDX-License-Identifier: MIT */
+/* SQLite state database. WAL with synchronous=FULL makes every commit durable
+ * before the caller acts on it (archiving a file, sending a request), which is what
+ * the at-least-once guarantee rests on. */
+#include "store.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "log.h"
+
+extern const char *const schema_migrations[];
+extern const size_t schema_migration_count;
+
+int64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int store_exec(struct store *st, const char *sql)
+{
+	char *msg = NULL;
+	if (sqlite3_exec(st->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+		sqlite3_free(msg);
+		return -EIO;
+	}
+	return 0;
+}
+
+int store_begin(struct store *st)
+{
+	return store_exec(st, "BEGIN IMMEDIATE");
+}
+
+int store_commit(struct store *st)
+{
+	if (store_exec(st, "COMMIT") < 0) {
+		int r = -EIO;
+		if (!sqlite3_get_autocommit(st->db))
+			store_rollback(st);
+		return r;
+	}
+	return 0;
+}
+
+void store_rollback(struct store *st)
+{
+	if (!sqlite3_get_autocommit(st->db))
+		sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
+}
+
+sqlite3_stmt *store_stmt(struct store *st, const char *sql)
+{
+	for (unsigned i = 0; i < st->n_stmts; i++) {
+		if (st->stmts[i].sql == sql) {
+			sqlite3_stmt *s = st->stmts[i].stmt;
+			sqlite3_reset(s);
+			sqlite3_clear_bindings(s);
+			return s;
+		}
+	}
+	sqlite3_stmt *s;
+	if (sqlite3_prepare_v3(st->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &s, NULL) != SQLITE_OK)
+		return NULL;
+	if (st->n_stmts == STORE_MAX_STMTS)
+		return s; /* cannot happen with the fixed set of call sites; leaks one statement */
+	st->stmts[st->n_stmts].sql = sql;
+	st->stmts[st->n_stmts].stmt = s;
+	st->n_stmts++;
+	return s;
+}
+
+int64_t store_query_int(struct store *st, const char *sql, int64_t fallback)
+{
+	sqlite3_stmt *s = store_stmt(st, sql);
+	if (!s)
+		return fallback;
+	int64_t v = fallback;
+	if (sqlite3_step(s) == SQLITE_ROW && sqlite3_column_type(s, 0) != SQLITE_NULL)
+		v = sqlite3_column_int64(s, 0);
+	sqlite3_reset(s);
+	return v;
+}
+
+static int remember_attr(struct store *st, int64_t id, const char *name, size_t len)
+{
+	if (id <= 0 || id > UINT32_MAX - 1)
+		return -EINVAL;
+	if ((uint32_t)id >= st->cap_attr_names) {
+		uint32_t cap = st->cap_attr_names ? st->cap_attr_names : 64;
+		while (cap <= (uint32_t)id)
+			cap *= 2;
+		char **names = realloc(st->attr_names, cap * sizeof(*names));
+		if (!names)
+			return -ENOMEM;
+		memset(names + st->cap_attr_names, 0, (cap - st->cap_attr_names) * sizeof(*names));
+		st->attr_names = names;
+		st->cap_attr_names = cap;
+	}
+	char *copy = strndup(name, len);
+	if (!copy)
+		return -ENOMEM;
+	free(st->attr_names[id]);
+	st->attr_names[id] = copy;
+	if ((uint32_t)id >= st->n_attr_names)
+		st->n_attr_names = (uint32_t)id + 1;
+	return 0;
+}
+
+int64_t store_attr_id(struct store *st, const char *name, size_t len)
+{
+	for (uint32_t i = 1; i < st->n_attr_names; i++) {
+		const char *n = st->attr_names[i];
+		if (n && strlen(n) == len && memcmp(n, name, len) == 0)
+			return i;
+	}
+	sqlite3_stmt *s = store_stmt(st, "INSERT INTO attr_names(name) VALUES (?)");
+	if (!s)
+		return -EIO;
+	sqlite3_bind_text(s, 1, name, (int)len, SQLITE_TRANSIENT);
+	if (sqlite3_step(s) != SQLITE_DONE) {
+		sqlite3_reset(s);
+		return -EIO;
+	}
+	sqlite3_reset(s);
+	int64_t id = sqlite3_last_insert_rowid(st->db);
+	int r = remember_attr(st, id, name, len);
+	return r < 0 ? r : id;
+}
+
+const char *store_attr_name(const struct store *st, uint32_t id)
+{
+	return id < st->n_attr_names ? st->attr_names[id] : NULL;
+}
+
+static int migrate(struct store *st, char *err, size_t err_size)
+{
+	int64_t version = store_query_int(st, "PRAGMA user_version", 0);
+	if (version > (int64_t)schema_migration_count) {
+		snprintf(err, err_size, "database schema version %lld is newer than this tpsyncd (%zu)",
+			 (long long)version, schema_migration_count);
+		return -EPROTO;
+	}
+	for (size_t v = (size_t)version; v < schema_migration_count; v++) {
+		char pragma[64];
+		snprintf(pragma, sizeof(pragma), "PRAGMA user_version = %zu", v + 1);
+		if (store_begin(st) < 0 || store_exec(st, schema_migrations[v]) < 0 ||
+		    store_exec(st, pragma) < 0 || store_commit(st) < 0) {
+			snprintf(err, err_size, "migration %zu failed: %s", v + 1, sqlite3_errmsg(st->db));
+			store_rollback(st);
+			return -EIO;
+		}
+		log_info("msg=\"schema migrated\" version=%zu", v + 1);
+	}
+	return 0;
+}
+
+static int load_attr_names(struct store *st)
+{
+	sqlite3_stmt *s = store_stmt(st, "SELECT id, name FROM attr_names");
+	if (!s)
+		return -EIO;
+	int rc;
+	while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+		int r = remember_attr(st, sqlite3_column_int64(s, 0), (const char *)sqlite3_column_text(s, 1),
+				      (size_t)sqlite3_column_bytes(s, 1));
+		if (r < 0) {
+			sqlite3_reset(s);
+			return r;
+		}
+	}
+	sqlite3_reset(s);
+	return rc == SQLITE_DONE ? 0 : -EIO;
+}
+
+struct store *store_create(const char *path, char *err, size_t err_size)
+{
+	struct store *st = calloc(1, sizeof(*st));
+	if (!st) {
+		snprintf(err, err_size, "out of memory");
+		return NULL;
+	}
+	if (sqlite3_open_v2(path, &st->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+			    NULL) != SQLITE_OK) {
+		snprintf(err, err_size, "cannot open %s: %s", path,
+			 st->db ? sqlite3_errmsg(st->db) : "out of memory");
+		goto fail;
+	}
+	sqlite3_extended_result_codes(st->db, 1);
+	/* A bounded cache keeps memory flat however large the mirror grows. */
+	static const char *const pragmas =
+		"PRAGMA journal_mode=WAL;"
+		"PRAGMA synchronous=FULL;"
+		"PRAGMA foreign_keys=ON;"
+		"PRAGMA cache_size=-16384;"
+		"PRAGMA temp_store=MEMORY;"
+		"PRAGMA busy_timeout=5000;";
+	if (store_exec(st, pragmas) < 0) {
+		snprintf(err, err_size, "cannot set up %s: %s", path, sqlite3_errmsg(st->db));
+		goto fail;
+	}
+	char *mode = NULL;
+	sqlite3_stmt *s = store_stmt(st, "PRAGMA journal_mode");
+	if (s && sqlite3_step(s) == SQLITE_ROW)
+		mode = strdup((const char *)sqlite3_column_text(s, 0));
+	if (s)
+		sqlite3_reset(s);
+	if (!mode || strcmp(mode, "wal") != 0) {
+		snprintf(err, err_size, "%s: WAL mode is not available (journal_mode=%s)", path,
+			 mode ? mode : "?");
+		free(mode);
+		goto fail;
+	}
+	free(mode);
+	if (migrate(st, err, err_size) < 0)
+		goto fail;
+	if (load_attr_names(st) < 0) {
+		snprintf(err, err_size, "cannot read attribute names: %s", sqlite3_errmsg(st->db));
+		goto fail;
+	}
+	st->next_seq = store_query_int(st, "SELECT max(pending_seq) FROM profiles", 0) + 1;
+	return st;
+fail:
+	store_destroy(st);
+	return NULL;
+}
+
+void store_destroy(struct store *st)
+{
+	if (!st)
+		return;
+	for (unsigned i = 0; i < st->n_stmts; i++)
+		sqlite3_finalize(st->stmts[i].stmt);
+	for (uint32_t i = 0; i < st->n_attr_names; i++)
+		free(st->attr_names[i]);
+	free(st->attr_names);
+	if (st->db)
+		sqlite3_close(st->db);
+	free(st);
+}

@@ -1,0 +1,59 @@
+/* SPDX-License-Identifier: MIT */
+/* The state database: opening with the durability pragmas, schema migrations,
+ * transactions, attribute-name interning, and small statement helpers. */
+#ifndef TPSYNC_STORE_H
+#define TPSYNC_STORE_H
+
+#include <sqlite3.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define STORE_MAX_STMTS 96
+
+struct store {
+	sqlite3 *db;
+	struct {
+		const char *sql;
+		sqlite3_stmt *stmt;
+	} stmts[STORE_MAX_STMTS];
+	unsigned n_stmts;
+	char **attr_names; /* by id; attr_names[0] unused */
+	uint32_t n_attr_names;
+	uint32_t cap_attr_names;
+	int64_t next_seq;  /* for profiles.pending_seq */
+};
+
+/* Opens (creating if needed) the database at path in WAL mode with
+ * synchronous=FULL and applies missing migrations. Returns a store the caller
+ * frees with store_destroy(), or NULL with the reason in err. */
+struct store *store_create(const char *path, char *err, size_t err_size);
+void store_destroy(struct store *st);
+
+/* Transactions. begin uses BEGIN IMMEDIATE. Return 0 or -EIO (the SQLite error is
+ * in sqlite3_errmsg(st->db)); on a failed commit the transaction is rolled back. */
+int store_begin(struct store *st);
+int store_commit(struct store *st);
+void store_rollback(struct store *st);
+
+/* Prepares sql once (cached by the string's address, so pass literals) and returns
+ * it reset with bindings cleared, ready to bind; NULL on error (see
+ * sqlite3_errmsg). The store owns the statement. */
+sqlite3_stmt *store_stmt(struct store *st, const char *sql);
+
+/* Executes sql (no results). Returns 0 or -EIO. */
+int store_exec(struct store *st, const char *sql);
+
+/* The id of attribute name (interning it if new; needs an open transaction or
+ * autocommit). Returns a positive id, or a negative errno. */
+int64_t store_attr_id(struct store *st, const char *name, size_t len);
+/* The name of attribute id, or NULL if unknown. */
+const char *store_attr_name(const struct store *st, uint32_t id);
+
+/* Runs a query that yields one integer; returns it, or fallback when no row. */
+int64_t store_query_int(struct store *st, const char *sql, int64_t fallback);
+
+/* Wall-clock time in milliseconds since the epoch. */
+int64_t now_ms(void);
+
+#endif

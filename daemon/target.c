@@ -1,0 +1,180 @@
+/* SPDX-License-Identifier: MIT */
+/* Target's endpoints and XML answers (parsed with expat; never with string
+ * matching, since messages can contain anything). */
+#include "target.h"
+
+#include <errno.h>
+#include <expat.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "buf.h"
+
+char *target_submit_url(const struct config *cfg)
+{
+	char *url;
+	if (asprintf(&url, "%s/m2/%s/%sprofile/batchUpdate", cfg->target.base_url, cfg->target.client_code,
+		     cfg->target.api_version == 2 ? "v2/" : "") < 0)
+		return NULL;
+	return url;
+}
+
+char *target_status_url(const char *status_url)
+{
+	char *url;
+	if (asprintf(&url, "%s%sshowDetails=true", status_url, strchr(status_url, '?') ? "&" : "?") < 0)
+		return NULL;
+	return url;
+}
+
+/* Copies scheme and host[:port] of url into out. */
+static bool url_origin(const char *url, char *out, size_t size)
+{
+	const char *p = strstr(url, "://");
+	if (!p)
+		return false;
+	p += 3;
+	size_t n = strcspn(p, "/?#");
+	const char *at = memchr(p, '@', n);
+	if (at)
+		return false; /* no credentials in URLs */
+	size_t len = (size_t)(p - url) + n;
+	if (len >= size)
+		return false;
+	memcpy(out, url, len);
+	out[len] = '\0';
+	for (char *c = out; *c; c++)
+		if (*c >= 'A' && *c <= 'Z')
+			*c = (char)(*c - 'A' + 'a');
+	return true;
+}
+
+bool target_may_send_token(const struct config *cfg, const char *url, const char *status_url)
+{
+	char want[512], have[512];
+	if (!url_origin(url, have, sizeof(have)))
+		return false;
+	if (url_origin(cfg->target.base_url, want, sizeof(want)) && strcmp(want, have) == 0)
+		return true;
+	if (!status_url || !url_origin(status_url, want, sizeof(want)) || strcmp(want, have) != 0)
+		return false;
+	/* A status host Target named, but never a downgrade from an https base. */
+	return strncmp(cfg->target.base_url, "https://", 8) != 0 || strncmp(have, "https://", 8) == 0;
+}
+
+struct parse {
+	struct target_answer *a;
+	int depth;
+	bool is_response;
+	struct buf text;
+	int error;
+};
+
+static void XMLCALL on_start(void *data, const XML_Char *name, const XML_Char **attrs)
+{
+	struct parse *p = data;
+	if (p->depth == 0)
+		p->is_response = strcmp(name, "response") == 0;
+	p->depth++;
+	buf_reset(&p->text);
+}
+
+static void XMLCALL on_text(void *data, const XML_Char *s, int len)
+{
+	struct parse *p = data;
+	if (p->text.len < 65536 && buf_append(&p->text, s, (size_t)len) < 0)
+		p->error = -ENOMEM;
+}
+
+static int64_t to_int(const char *s)
+{
+	char *end;
+	long long v = strtoll(s, &end, 10);
+	return end == s ? -1 : v;
+}
+
+static void XMLCALL on_end(void *data, const XML_Char *name)
+{
+	struct parse *p = data;
+	p->depth--;
+	if (p->depth != 1 || !p->is_response)
+		return;
+	if (buf_terminate(&p->text) < 0) {
+		p->error = -ENOMEM;
+		return;
+	}
+	/* Trim surrounding white space. */
+	char *t = p->text.data;
+	while (*t == ' ' || *t == '\n' || *t == '\r' || *t == '\t')
+		t++;
+	size_t n = strlen(t);
+	while (n && (t[n - 1] == ' ' || t[n - 1] == '\n' || t[n - 1] == '\r' || t[n - 1] == '\t'))
+		t[--n] = '\0';
+	struct target_answer *a = p->a;
+	char **field = NULL;
+	if (strcmp(name, "success") == 0) {
+		a->has_success = true;
+		a->is_success = strcmp(t, "true") == 0;
+	} else if (strcmp(name, "batchStatus") == 0) {
+		field = &a->batch_status;
+	} else if (strcmp(name, "message") == 0) {
+		field = &a->message;
+	} else if (strcmp(name, "batchId") == 0) {
+		field = &a->batch_id;
+	} else if (strcmp(name, "status") == 0) {
+		field = &a->status;
+	} else if (strcmp(name, "batchSize") == 0) {
+		a->batch_size = to_int(t);
+	} else if (strcmp(name, "consumedCount") == 0) {
+		a->consumed = to_int(t);
+	} else if (strcmp(name, "successfulUpdates") == 0) {
+		a->successful = to_int(t);
+	} else if (strcmp(name, "profilesNotFound") == 0) {
+		a->not_found = to_int(t);
+	} else if (strcmp(name, "failedUpdates") == 0) {
+		a->failed = to_int(t);
+	}
+	if (field) {
+		free(*field);
+		*field = strdup(t);
+		if (!*field)
+			p->error = -ENOMEM;
+	}
+	buf_reset(&p->text);
+}
+
+int target_parse_answer(const char *body, size_t len, struct target_answer *out)
+{
+	memset(out, 0, sizeof(*out));
+	out->batch_size = out->consumed = out->successful = out->not_found = out->failed = -1;
+	XML_Parser xp = XML_ParserCreate("UTF-8");
+	if (!xp)
+		return -ENOMEM;
+	struct parse p = { .a = out };
+	buf_init(&p.text);
+	XML_SetUserData(xp, &p);
+	XML_SetElementHandler(xp, on_start, on_end);
+	XML_SetCharacterDataHandler(xp, on_text);
+	int ok = XML_Parse(xp, body, (int)len, 1) == XML_STATUS_OK;
+	XML_ParserFree(xp);
+	buf_finish(&p.text);
+	if (p.error < 0) {
+		target_answer_finish(out);
+		return p.error;
+	}
+	if (!ok || !p.is_response) {
+		target_answer_finish(out);
+		return -EBADMSG;
+	}
+	return 0;
+}
+
+void target_answer_finish(struct target_answer *a)
+{
+	free(a->batch_status);
+	free(a->message);
+	free(a->batch_id);
+	free(a->status);
+	a->batch_status = a->message = a->batch_id = a->status = NULL;
+}
