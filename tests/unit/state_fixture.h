@@ -1,0 +1,75 @@
+/* SPDX-License-Identifier: MIT */
+/* A fresh state database in a temporary directory, for staging and batch tests. */
+#ifndef TPSYNC_STATE_FIXTURE_H
+#define TPSYNC_STATE_FIXTURE_H
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "attrset.h"
+#include "store.h"
+
+static char fixture_dir[] = "/tmp/tpsync-test-XXXXXX";
+
+static struct store *fixture_store(void)
+{
+	if (!mkdtemp(fixture_dir))
+		return NULL;
+	char path[256], err[256];
+	snprintf(path, sizeof(path), "%s/state.db", fixture_dir);
+	struct store *st = store_create(path, err, sizeof(err));
+	if (!st)
+		fprintf(stderr, "store_create: %s\n", err);
+	return st;
+}
+
+static void fixture_cleanup(struct store *st)
+{
+	char cmd[300];
+	store_destroy(st);
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", fixture_dir);
+	if (system(cmd) != 0)
+		fprintf(stderr, "cannot remove %s\n", fixture_dir);
+}
+
+static uint32_t attr(struct store *st, const char *name)
+{
+	return (uint32_t)store_attr_id(st, name, strlen(name));
+}
+
+/* Builds a set from "name=value" pairs (NULL-terminated). Values are views. */
+static void set_of(struct store *st, struct attrset *s, const char *const *pairs)
+{
+	attrset_clear(s);
+	for (; *pairs; pairs++) {
+		const char *eq = strchr(*pairs, '=');
+		char name[64];
+		snprintf(name, sizeof(name), "%.*s", (int)(eq - *pairs), *pairs);
+		attrset_put(s, attr(st, name), eq + 1, (uint32_t)strlen(eq + 1));
+	}
+}
+
+/* The value of attribute name in column col (accepted, inflight, pending) of
+ * profile id, copied into out; "" if absent, "(none)" if the column is NULL. */
+static const char *column_value(struct store *st, const char *id, const char *col, const char *name, char *out, size_t size)
+{
+	char sql[128];
+	snprintf(sql, sizeof(sql), "SELECT %s FROM profiles WHERE id = ?", col);
+	sqlite3_stmt *s;
+	sqlite3_prepare_v2(st->db, sql, -1, &s, NULL);
+	sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+	snprintf(out, size, "(none)");
+	if (sqlite3_step(s) == SQLITE_ROW && sqlite3_column_type(s, 0) != SQLITE_NULL) {
+		struct attrset set;
+		attrset_init(&set);
+		attrset_decode(&set, sqlite3_column_blob(s, 0), (size_t)sqlite3_column_bytes(s, 0));
+		const struct attr_kv *kv = attrset_get(&set, attr(st, name));
+		snprintf(out, size, "%.*s", kv ? (int)kv->len : 0, kv ? kv->val : "");
+		attrset_finish(&set);
+	}
+	sqlite3_finalize(s);
+	return out;
+}
+
+#endif

@@ -1,0 +1,170 @@
+/* SPDX-License-Identifier: MIT */
+/* Batches: the body format, full_profile vs changed_only rows, the row and byte
+ * limits, acceptance into the mirror, dead letters, 413 splits and stuck re-queues. */
+#include <errno.h>
+
+#include "batch.h"
+#include "check.h"
+#include "config.h"
+#include "stage.h"
+#include "state_fixture.h"
+
+static struct store *st;
+static struct stage sg;
+static struct attrset in;
+static struct config cfg;
+static char v[256];
+
+static void stage(const char *id, const char *const *pairs)
+{
+	set_of(st, &in, pairs);
+	store_begin(st);
+	CHECK(stage_profile(&sg, id, strlen(id), &in, "test") >= 0);
+	store_commit(st);
+}
+
+/* The body of batch id as a string (caller frees). */
+static char *body(int64_t id)
+{
+	char *text = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&text, &len);
+	int64_t n = batch_write_body(st, &cfg, id, f);
+	fclose(f);
+	CHECK(n == (int64_t)len);
+	return text;
+}
+
+static int64_t q(const char *sql)
+{
+	return store_query_int(st, sql, -1);
+}
+
+static void accept(int64_t id)
+{
+	store_begin(st);
+	CHECK(batch_accept(st, id) == 0);
+	store_commit(st);
+}
+
+int main(void)
+{
+	st = fixture_store();
+	if (!st)
+		return 1;
+	stage_init(&sg, st);
+	attrset_init(&in);
+	cfg.target.id_type = ID_THIRD_PARTY;
+	cfg.batch.max_rows = 500000;
+	cfg.batch.max_bytes = 49000000;
+	cfg.batch.rows = ROWS_FULL_PROFILE;
+
+	stage("cust-1", (const char *[]){ "loyaltyTier=gold", "city=Amsterdam", NULL });
+	stage("cust-2", (const char *[]){ "city=Utrecht", NULL });
+	stage("cust-3", (const char *[]){ "loyaltyTier=50% off & more", "city=a+b=c, \"q\"\nx", NULL });
+	int64_t b1 = batch_build(st, &cfg, 1000);
+	CHECK(b1 > 0);
+	char *text = body(b1);
+	const char *want = "batch=thirdPartyId,loyaltyTier,city\n"
+			   "cust-1,gold,Amsterdam\n"
+			   "cust-2,,Utrecht\n"
+			   "cust-3,50%25%20off%20%26%20more,a%2Bb%3Dc%2C%20%22q%22%0Ax\n";
+	CHECK_STR(text, want);
+	free(text);
+	/* The size computed while building is the exact encoded size. */
+	CHECK(q("SELECT bytes FROM batches WHERE id = 1") == (int64_t)strlen(want));
+	/* In flight: not pending any more, and not picked up by the next batch. */
+	CHECK(q("SELECT count(*) FROM profiles WHERE pending IS NOT NULL") == 0);
+	stage("cust-1", (const char *[]){ "loyaltyTier=silver", NULL });
+	CHECK(batch_build(st, &cfg, 1000) == 0);
+	accept(b1);
+	CHECK_STR(column_value(st, "cust-1", "accepted", "city", v, sizeof(v)), "Amsterdam");
+	CHECK_STR(column_value(st, "cust-1", "inflight", "city", v, sizeof(v)), "(none)");
+
+	/* full_profile: the changed profile's row carries all its attributes. */
+	int64_t b2 = batch_build(st, &cfg, 1000);
+	CHECK(b2 > b1);
+	text = body(b2);
+	CHECK_STR(text, "batch=thirdPartyId,loyaltyTier,city\ncust-1,silver,Amsterdam\n");
+	free(text);
+	accept(b2);
+
+	/* changed_only: just the changed cells. pcId header. */
+	cfg.batch.rows = ROWS_CHANGED_ONLY;
+	cfg.target.id_type = ID_PC;
+	stage("cust-1", (const char *[]){ "city=Rotterdam", "loyaltyTier=silver", NULL });
+	int64_t b3 = batch_build(st, &cfg, 1000);
+	text = body(b3);
+	CHECK_STR(text, "batch=pcId,city\ncust-1,Rotterdam\n");
+	free(text);
+	accept(b3);
+	cfg.target.id_type = ID_THIRD_PARTY;
+	cfg.batch.rows = ROWS_FULL_PROFILE;
+
+	/* Row limit (and a caller's smaller budget). */
+	char id[32];
+	for (int i = 0; i < 25; i++) {
+		snprintf(id, sizeof(id), "r%02d", i);
+		stage(id, (const char *[]){ "a=1", NULL });
+	}
+	cfg.batch.max_rows = 10;
+	int64_t b4 = batch_build(st, &cfg, 1000);
+	CHECK(q("SELECT rows FROM batches ORDER BY id DESC LIMIT 1") == 10);
+	int64_t b5 = batch_build(st, &cfg, 3);
+	CHECK(b5 > b4 && q("SELECT rows FROM batches ORDER BY id DESC LIMIT 1") == 3);
+	cfg.batch.max_rows = 500000;
+
+	/* Byte limit: the encoded body never exceeds max_bytes, and is as full as it can be. */
+	for (int i = 0; i < 100; i++) {
+		snprintf(id, sizeof(id), "s%03d", i);
+		stage(id, (const char *[]){ "a=1", NULL });
+	}
+	cfg.batch.max_bytes = 300;
+	int64_t b6 = batch_build(st, &cfg, 1000);
+	text = body(b6);
+	CHECK(strlen(text) <= 300 && strlen(text) + 7 > 300);
+	CHECK(q("SELECT bytes FROM batches ORDER BY id DESC LIMIT 1") == (int64_t)strlen(text));
+	free(text);
+	int64_t b6_rows = q("SELECT rows FROM batches WHERE id = 6");
+	CHECK(b6_rows > 30);
+	cfg.batch.max_bytes = 49000000;
+
+	/* 413: split in two halves; a single row cannot be split. */
+	store_begin(st);
+	CHECK(batch_split(st, b4) == 0);
+	store_commit(st);
+	CHECK(q("SELECT state FROM batches WHERE id = 4") == 0); /* text 'split' reads as 0 */
+	CHECK(q("SELECT count(*) FROM batches WHERE state = 'ready' AND rows = 5") == 2);
+	CHECK(q("SELECT count(*) FROM profiles WHERE inflight_batch = 4") == 0);
+	CHECK(q("SELECT count(DISTINCT inflight_batch) FROM profiles WHERE id BETWEEN 'r00' AND 'r09'") == 2);
+	store_begin(st);
+	CHECK(batch_split(st, b5 + 100) == -E2BIG);
+	store_rollback(st);
+
+	/* Dead letters keep profile, attribute, value and reason; profiles are released. */
+	store_begin(st);
+	CHECK(batch_kill(st, b5, "HTTP 400", "bad request") == 0);
+	store_commit(st);
+	CHECK(q("SELECT count(*) FROM dead_letters WHERE reason = 'HTTP 400' AND attr = 'a' AND value = '1'") == 3);
+	CHECK(q("SELECT count(*) FROM profiles WHERE inflight_batch = 5") == 0);
+	CHECK(q("SELECT count(*) FROM batch_rows WHERE batch_id = 5") == 0);
+
+	/* Stuck: re-queued once (as a linked batch), dead-lettered the second time. */
+	accept(b6);
+	store_begin(st);
+	CHECK(batch_requeue_stuck(st, &sg, b6) == 0);
+	store_commit(st);
+	int64_t again = q("SELECT id FROM batches WHERE requeue_of = 6");
+	CHECK(again > b6);
+	CHECK(q("SELECT rows FROM batches WHERE requeue_of = 6") == b6_rows);
+	accept(again);
+	store_begin(st);
+	CHECK(batch_requeue_stuck(st, &sg, again) == 0);
+	store_commit(st);
+	CHECK(q("SELECT count(*) FROM dead_letters WHERE reason LIKE '%stuck again%'") == b6_rows);
+
+	attrset_finish(&in);
+	stage_finish(&sg);
+	fixture_cleanup(st);
+	return check_result("test_batch");
+}
