@@ -28,14 +28,18 @@
 
 #define CONTROL_IDLE_SECONDS 60
 
+struct conn;
+
 struct control {
 	struct daemon *d;
 	struct evconnlistener *listener;
 	char *path;
+	struct conn *conns; /* open connections, closed with the control */
 };
 
 struct conn {
 	struct control *c;
+	struct conn *prev, *next;
 	struct bufferevent *bev;
 	struct ucred peer;
 	bool is_closing;
@@ -356,7 +360,14 @@ static json_t *dispatch(struct conn *cn, json_t *req)
 
 static void conn_free(struct conn *cn)
 {
-	bufferevent_free(cn->bev);
+	if (cn->prev)
+		cn->prev->next = cn->next;
+	else if (cn->c->conns == cn)
+		cn->c->conns = cn->next;
+	if (cn->next)
+		cn->next->prev = cn->prev;
+	if (cn->bev)
+		bufferevent_free(cn->bev);
 	free(cn);
 }
 
@@ -448,6 +459,10 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	bufferevent_set_timeouts(cn->bev, &idle, &idle);
 	bufferevent_setwatermark(cn->bev, EV_READ, 0, CONTROL_MAX_LINE + 2);
 	bufferevent_setcb(cn->bev, on_read, on_write, on_event, cn);
+	cn->next = c->conns;
+	if (c->conns)
+		c->conns->prev = cn;
+	c->conns = cn;
 	if (bufferevent_enable(cn->bev, EV_READ | EV_WRITE) < 0)
 		conn_free(cn);
 }
@@ -495,6 +510,8 @@ void control_destroy(struct control *c)
 {
 	if (!c)
 		return;
+	while (c->conns)
+		conn_free(c->conns);
 	if (c->listener) {
 		evconnlistener_free(c->listener);
 		unlink(c->path);

@@ -167,7 +167,7 @@ static void print_sources(json_t *sources)
 			       num(ing, "rows"), num(ing, "bytes"), num(ing, "size"), rate);
 		}
 		if (json_is_string(json_object_get(s, "last_error")))
-			printf("%-12s last error: %s\n", "", str(s, "last_error"));
+			printf("%-12s last problem: %s\n", "", str(s, "last_error"));
 		if (json_object_get(s, "profiles_missing") && num(s, "profiles_missing") > 0)
 			printf("%-12s profiles missing from the last snapshot: %lld (not cleared in Target)\n", "",
 			       num(s, "profiles_missing"));
@@ -190,6 +190,8 @@ static void print_status(json_t *r)
 		printf(" by %s (until %s)", str(dl, "held_back_by"), until);
 	}
 	printf("; last success %s\n", ago);
+	if (!num(q, "pending_profiles"))
+		snprintf(oldest, sizeof(oldest), "-");
 	printf("queue:     %lld profiles pending (oldest %s), %lld batches ready, %lld in flight, %lld awaiting status\n",
 	       num(q, "pending_profiles"), oldest, num(q, "batches_ready"), num(q, "batches_in_flight"),
 	       num(q, "batches_awaiting_status"));

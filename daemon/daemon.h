@@ -31,7 +31,7 @@ struct daemon {
 	const char *dry_run_dir; /* --dry-run DIR: write batch files instead of sending */
 	bool is_stopping;
 	int exit_code;
-	char last_error[256];  /* shown in status; e.g. a failed reload */
+	char last_error[1024]; /* shown in status; e.g. a failed reload */
 };
 
 /* Re-reads the config file and the token (SIGHUP, tpsyncctl reload). On a bad

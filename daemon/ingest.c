@@ -126,8 +126,12 @@ static void csv_quote(FILE *f, const char *s, size_t len)
 /* Writes NAME.rejects.csv into dir from the rejects table. */
 static int write_rejects(struct ingest *ig, struct job *j, const char *dir)
 {
-	char path[4096];
-	int r = free_name(dir, base_name(j->req.path), ".rejects.csv", path, sizeof(path));
+	char path[4096], stem[1024];
+	/* export.csv -> export.rejects.csv */
+	const char *name = base_name(j->req.path);
+	const char *dot = strrchr(name, '.');
+	snprintf(stem, sizeof(stem), "%.*s", dot && dot != name ? (int)(dot - name) : (int)strlen(name), name);
+	int r = free_name(dir, stem, ".rejects.csv", path, sizeof(path));
 	if (r < 0)
 		return r;
 	FILE *f = fopen(path, "w");
@@ -656,8 +660,9 @@ static void finish_job(struct ingest *ig, struct job *j, int result)
 			 j->req.src->name, j->req.path, (long long)j->rows, (long long)j->staged,
 			 (long long)j->rejected);
 		if (j->rejected)
-			snprintf(stats->last_error, sizeof(stats->last_error), "%s: %lld row(s) rejected",
-				 base_name(j->req.path), (long long)j->rejected);
+			snprintf(stats->last_error, sizeof(stats->last_error),
+				 "%s: %lld row(s) rejected (see its .rejects.csv)", base_name(j->req.path),
+				 (long long)j->rejected);
 	}
 	if (j->req.done)
 		j->req.done(j->req.done_arg, j->req.path, result);

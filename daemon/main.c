@@ -240,7 +240,7 @@ static void on_stop_deadline(evutil_socket_t fd, short what, void *arg)
 	event_base_loopexit(d->base, NULL);
 }
 
-static struct event *stop_timer;
+static struct event *stop_timer, *stop_deadline;
 
 static void on_drain_check(evutil_socket_t fd, short what, void *arg)
 {
@@ -269,13 +269,11 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 	 * running then is recovered (re-sent) at the next start. */
 	struct timeval poll = { 0, 100000 };
 	stop_timer = event_new(d->base, -1, EV_PERSIST, on_drain_check, d);
-	struct event *deadline = evtimer_new(d->base, on_stop_deadline, d);
+	stop_deadline = evtimer_new(d->base, on_stop_deadline, d);
 	int64_t grace = d->cfg->target.timeout_ms < SHUTDOWN_GRACE_MS ? d->cfg->target.timeout_ms : SHUTDOWN_GRACE_MS;
 	struct timeval tv = { grace / 1000, (grace % 1000) * 1000 };
-	if (!stop_timer || !deadline || event_add(stop_timer, &poll) < 0 || event_add(deadline, &tv) < 0)
+	if (!stop_timer || !stop_deadline || event_add(stop_timer, &poll) < 0 || event_add(stop_deadline, &tv) < 0)
 		event_base_loopexit(d->base, NULL);
-	/* Freed with the base at exit. */
-	(void)deadline;
 }
 
 static void on_watchdog(evutil_socket_t fd, short what, void *arg)
@@ -483,6 +481,8 @@ free_modules:
 		event_free(once_timer);
 	if (stop_timer)
 		event_free(stop_timer);
+	if (stop_deadline)
+		event_free(stop_deadline);
 	control_destroy(d.control);
 	stop_sources(&d);
 	sender_destroy(d.sender);

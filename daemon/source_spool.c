@@ -87,7 +87,8 @@ int spool_scan(struct source *s)
 	}
 	closedir(dir);
 	/* Exports are usually named by time: oldest first keeps deltas in order. */
-	qsort(names, n, sizeof(*names), compare_names);
+	if (n > 1)
+		qsort(names, n, sizeof(*names), compare_names);
 	for (size_t i = 0; i < n; i++) {
 		if (r == 0)
 			r = queue_file(s, names[i]);

@@ -236,6 +236,17 @@ class Case:
         self.daemons.append(d)
         return d
 
+    def verify(self):
+        """Stops the daemons and fails the test if one exited badly on SIGTERM or
+        a sanitizer reported anything in its log."""
+        for d in self.daemons:
+            if d.proc and d.proc.poll() is None:
+                code = d.stop()
+                assert code == 0, f"tpsyncd exited {code} on SIGTERM"
+            text = d.log_text() if os.path.exists(d.log_path) else ""
+            for marker in ("AddressSanitizer", "LeakSanitizer", "runtime error:", "UndefinedBehaviorSanitizer"):
+                assert marker not in text, f"sanitizer report in tpsyncd log ({marker})"
+
     def close(self, ok):
         for d in self.daemons:
             try:
@@ -269,6 +280,7 @@ def run(tests):
         ok = False
         try:
             fn(case)
+            case.verify()
             ok = True
             passed += 1
             print(f"ok   {fn.__name__} ({time.monotonic() - start:.1f}s)")

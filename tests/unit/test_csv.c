@@ -147,7 +147,7 @@ static void big(void)
 static void utf8(void)
 {
 	CHECK(utf8_valid("plain", 5));
-	CHECK(utf8_valid("Z\xC3\xBCrich \xE2\x82\xAC \xF0\x9F\x98\x80", 15));
+	CHECK(utf8_valid("Z\xC3\xBCrich \xE2\x82\xAC \xF0\x9F\x98\x80", 16));
 	CHECK(!utf8_valid("\xED\xA0\x80", 3)); /* surrogate */
 	CHECK(!utf8_valid("\xE0\x80\xAF", 3)); /* overlong */
 	CHECK(!utf8_valid("\xF4\x90\x80\x80", 4)); /* above U+10FFFF */
