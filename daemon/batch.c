@@ -81,6 +81,7 @@ static int dead_letter_profile(struct store *st, const char *profile, const stru
 			       const char *reason)
 {
 	sqlite3_stmt *s;
+	st->has_dead_letters = true;
 	for (size_t i = 0; i < changed->n; i++) {
 		s = store_stmt(st, "INSERT INTO dead_letters (profile, attr, value, reason, created_at)"
 				   " VALUES (?, ?, ?, ?, ?)");
@@ -458,6 +459,7 @@ int batch_kill(struct store *st, int64_t id, const char *reason, const char *las
 	int r = 0;
 	if (!s || !rows)
 		return -EIO;
+	st->has_dead_letters = true;
 	attrset_init(&changed);
 	sqlite3_bind_int64(rows, 1, id);
 	while (r == 0 && sqlite3_step(rows) == SQLITE_ROW) {

@@ -333,17 +333,19 @@ static void db_failed(struct sender *s, const char *what)
 }
 
 /* Records that the answer to batch id's request never came: Target may still
- * apply it, so its profiles' latest values go out again after target.timeout. */
+ * apply it, so its profiles' latest values go out again once target.timeout has
+ * passed. Counted from now (when the loss is seen), not from sending: a request
+ * the client gave up on at its timeout may still be applied just after. */
 static int add_echoes(struct sender *s, int64_t id)
 {
 	sqlite3_stmt *st = store_stmt(s->d->st,
-				      "INSERT INTO echoes (profile, due_at) SELECT b.profile, c.sent_at + ?2"
-				      " FROM batch_rows b JOIN batches c ON c.id = b.batch_id WHERE b.batch_id = ?1"
+				      "INSERT INTO echoes (profile, due_at) SELECT profile, ?2 FROM batch_rows"
+				      " WHERE batch_id = ?1"
 				      " ON CONFLICT (profile) DO UPDATE SET due_at = max(due_at, excluded.due_at)");
 	if (!st)
 		return -EIO;
 	sqlite3_bind_int64(st, 1, id);
-	sqlite3_bind_int64(st, 2, s->d->cfg->target.timeout_ms);
+	sqlite3_bind_int64(st, 2, now_ms() + s->d->cfg->target.timeout_ms);
 	int rc = sqlite3_step(st);
 	sqlite3_reset(st);
 	return rc == SQLITE_DONE ? 0 : -EIO;

@@ -114,6 +114,24 @@ static size_t profile_bytes(struct stage *sg)
 	return total;
 }
 
+/* A new value for (profile, attribute) supersedes its dead letters: re-queueing
+ * them later must never send the older value. */
+static int supersede_dead_letters(struct stage *sg, const char *profile, size_t len, const struct attrset *incoming)
+{
+	for (size_t i = 0; i < incoming->n; i++) {
+		sqlite3_stmt *s = store_stmt(sg->st, "DELETE FROM dead_letters WHERE profile = ? AND attr = ?");
+		if (!s)
+			return -EIO;
+		sqlite3_bind_text(s, 1, profile, (int)len, SQLITE_STATIC);
+		sqlite3_bind_text(s, 2, store_attr_name(sg->st, incoming->kv[i].id), -1, SQLITE_STATIC);
+		int rc = sqlite3_step(s);
+		sqlite3_reset(s);
+		if (rc != SQLITE_DONE)
+			return -EIO;
+	}
+	return 0;
+}
+
 int stage_profile(struct stage *sg, const char *profile, size_t profile_len,
 		  const struct attrset *incoming, const char *source)
 {
@@ -145,6 +163,9 @@ int stage_profile(struct stage *sg, const char *profile, size_t profile_len,
 			changed = true;
 		}
 	}
+	/* Even a value equal to what Target has is newer than a dead letter's. */
+	if (sg->st->has_dead_letters && (r = supersede_dead_letters(sg, profile, profile_len, incoming)) < 0)
+		goto reset;
 	if (!changed) {
 		sqlite3_reset(s);
 		return 0;

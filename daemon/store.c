@@ -224,6 +224,7 @@ struct store *store_create(const char *path, char *err, size_t err_size)
 		goto fail;
 	}
 	st->next_seq = store_query_int(st, "SELECT max(pending_seq) FROM profiles", 0) + 1;
+	st->has_dead_letters = store_query_int(st, "SELECT count(*) FROM dead_letters", 0) > 0;
 	return st;
 fail:
 	store_destroy(st);

@@ -22,6 +22,7 @@ struct store {
 	uint32_t n_attr_names;
 	uint32_t cap_attr_names;
 	int64_t next_seq;  /* for profiles.pending_seq */
+	bool has_dead_letters; /* staging then checks for dead letters a new value supersedes */
 };
 
 /* Opens (creating if needed) the database at path in WAL mode with

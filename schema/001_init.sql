@@ -78,6 +78,7 @@ CREATE TABLE dead_letters (
   last_answer TEXT,
   created_at INTEGER NOT NULL
 );
+CREATE INDEX dead_letters_profile ON dead_letters (profile, attr);
 
 -- Profiles that were in a request whose answer never came: Target may still apply
 -- it later, so their latest values are sent once more after due_at.

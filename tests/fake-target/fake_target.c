@@ -15,6 +15,7 @@
  *   POST /__reset     forget everything */
 #include <errno.h>
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
@@ -26,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #define MAX_ROWS 500000
@@ -74,7 +76,10 @@ struct pending_reply {
 	json_t *ids;        /* ids in flight for this request */
 	json_t *apply_rows; /* rows to apply when replying (slow) */
 	bool is_v2;
+	struct pending_reply *next;
 };
+
+static struct pending_reply *pending_replies;
 
 static struct {
 	struct event_base *base;
@@ -388,10 +393,28 @@ static void finish_entry(json_t *entry, int code, const char *outcome)
 	json_object_set_new(entry, "answered_ms", json_integer(now_ms()));
 }
 
+/* The client hung up (e.g. its timeout) before the delayed answer: it is no
+ * longer waiting, so its ids no longer count as unanswered. */
 static void on_conn_close(struct evhttp_connection *conn, void *arg)
 {
 	struct pending_reply *pr = arg;
+	if (!pr->is_gone)
+		inflight_add(pr->ids, -1);
 	pr->is_gone = true;
+}
+
+/* evhttp does not read a connection while its request is being handled, so a
+ * client that hung up is noticed by peeking at the socket. */
+static void reap_gone_clients(void)
+{
+	for (struct pending_reply *pr = pending_replies; pr; pr = pr->next) {
+		if (pr->is_gone)
+			continue;
+		struct bufferevent *bev = evhttp_connection_get_bufferevent(pr->conn);
+		char c;
+		if (bev && recv(bufferevent_getfd(bev), &c, 1, MSG_PEEK | MSG_DONTWAIT) == 0)
+			on_conn_close(pr->conn, pr);
+	}
 }
 
 static void free_connection(evutil_socket_t fd, short what, void *arg)
@@ -413,13 +436,19 @@ static void on_delayed_reply(evutil_socket_t fd, short what, void *arg)
 	/* Target applies the batch whether or not the client is still there. */
 	if (pr->apply_rows)
 		apply_rows(pr->apply_rows, pr->is_v2, &ok, &nf);
-	inflight_add(pr->ids, -1);
 	if (!pr->is_gone) {
+		inflight_add(pr->ids, -1);
 		evhttp_connection_set_closecb(pr->conn, NULL, NULL);
 		reply(pr->req, pr->code, "application/xml", pr->body);
 		finish_entry(pr->entry, pr->code, "slow");
 	} else {
 		finish_entry(pr->entry, 0, "slow, client gone; applied anyway");
+	}
+	for (struct pending_reply **pp = &pending_replies; *pp; pp = &(*pp)->next) {
+		if (*pp == pr) {
+			*pp = pr->next;
+			break;
+		}
 	}
 	event_free(pr->timer);
 	json_decref(pr->ids);
@@ -454,6 +483,7 @@ static void handle_submit(struct evhttp_request *req, bool is_v2)
 	json_t *ids = json_array();
 	size_t i;
 	json_t *row;
+	reap_gone_clients();
 	json_array_foreach(rows, i, row) {
 		const char *id = json_string_value(json_object_get(row, "id"));
 		if (json_object_get(g.inflight, id))
@@ -520,6 +550,8 @@ static void handle_submit(struct evhttp_request *req, bool is_v2)
 		struct timeval tv = { f.delay_ms / 1000, (f.delay_ms % 1000) * 1000 };
 		evhttp_connection_set_closecb(pr->conn, on_conn_close, pr);
 		inflight_add(ids, 1);
+		pr->next = pending_replies;
+		pending_replies = pr;
 		evtimer_add(pr->timer, &tv);
 		b->successful = (int)json_array_size(rows);
 		goto out;

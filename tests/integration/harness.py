@@ -35,6 +35,9 @@ class FakeTarget:
     def __init__(self, workdir, *args):
         self.port_file = os.path.join(workdir, "fake-target.port")
         self.log = open(os.path.join(workdir, "fake-target.log"), "w")
+        # Tests run fast, so the fake's call limit is high unless a test sets it.
+        if "--calls-per-minute" not in args:
+            args = ("--calls-per-minute", "100000", *args)
         self.proc = subprocess.Popen([FAKE_TARGET, "--port-file", self.port_file, *args],
                                      stdout=self.log, stderr=subprocess.STDOUT)
         wait_for(lambda: os.path.exists(self.port_file), 10, "fake Target to listen")
