@@ -75,7 +75,7 @@ static json_t *source_json(struct source *s)
 	json_object_set_new(o, "last_file", st->last_file[0] ? json_string(st->last_file) : json_null());
 	json_object_set_new(o, "last_error", st->last_error[0] ? json_string(st->last_error) : json_null());
 	if (s->cfg->type == SOURCE_SNAPSHOT)
-		json_object_set_new(o, "profiles_missing", json_integer(s->missing_profiles));
+		json_object_set_new(o, "profiles_missing", json_integer(st->profiles_missing));
 	if (st->is_busy) {
 		int64_t elapsed = now_ms() - st->current_started_at;
 		json_object_set_new(o, "ingesting", json_pack("{s:s, s:I, s:I, s:I, s:f}", "file", st->current, "rows",

@@ -44,6 +44,7 @@ struct job {
 	uint32_t *col_attr; /* attribute id per column; 0: not sent */
 	size_t id_col;
 	int64_t rows, staged, rejected;
+	int64_t known;      /* rows whose profile this source staged before */
 	int64_t invalid;    /* strict validation: rows found bad */
 	bool is_queued_again; /* the file changed while it was being read */
 	struct buf strict_report;
@@ -415,7 +416,7 @@ static int phase_open(struct ingest *ig, struct job *j, char *reason, size_t siz
 	}
 	/* A file seen before with the same identity: resume it, or just dispose of it. */
 	sqlite3_stmt *s = store_stmt(ig->d->st,
-				     "SELECT id, state, offset, line, rows, staged, rejected FROM ingested_files"
+				     "SELECT id, state, offset, line, rows, staged, rejected, known FROM ingested_files"
 				     " WHERE source = ? AND name = ? AND size = ? AND mtime = ? ORDER BY id DESC LIMIT 1");
 	if (!s)
 		return -EIO;
@@ -429,6 +430,7 @@ static int phase_open(struct ingest *ig, struct job *j, char *reason, size_t siz
 		j->rows = sqlite3_column_int64(s, 4);
 		j->staged = sqlite3_column_int64(s, 5);
 		j->rejected = sqlite3_column_int64(s, 6);
+		j->known = sqlite3_column_int64(s, 7);
 		if (strcmp(state, "done") == 0) {
 			sqlite3_reset(s);
 			log_info("msg=\"file already ingested; disposing of it\" source=%s file=\"%s\"",
@@ -446,7 +448,7 @@ static int phase_open(struct ingest *ig, struct job *j, char *reason, size_t siz
 			return start_rows(ig, j, offset, line, reason, size) < 0 ? -EINVAL : 1;
 		}
 		j->file_id = 0; /* failed before: try again as a new file */
-		j->rows = j->staged = j->rejected = 0;
+		j->rows = j->staged = j->rejected = j->known = 0;
 	}
 	sqlite3_reset(s);
 	j->hash = 1469598103934665603ULL; /* FNV-1a 64 offset basis */
@@ -550,7 +552,7 @@ static int update_checkpoint(struct ingest *ig, struct job *j, off_t offset, uin
 {
 	sqlite3_stmt *s = store_stmt(ig->d->st,
 				     "UPDATE ingested_files SET offset = ?2, line = ?3, rows = ?4, staged = ?5, rejected = ?6,"
-				     " state = ?7, finished_at = ?8 WHERE id = ?1");
+				     " state = ?7, finished_at = ?8, known = ?9, missing = ?10 WHERE id = ?1");
 	if (!s)
 		return -EIO;
 	sqlite3_bind_int64(s, 1, j->file_id);
@@ -562,6 +564,19 @@ static int update_checkpoint(struct ingest *ig, struct job *j, off_t offset, uin
 	sqlite3_bind_text(s, 7, done ? "done" : "staging", -1, SQLITE_STATIC);
 	if (done)
 		sqlite3_bind_int64(s, 8, now_ms());
+	sqlite3_bind_int64(s, 9, j->known);
+	if (done && j->req.src->type == SOURCE_SNAPSHOT) {
+		/* The source's profiles that this version no longer has. Target cannot
+		 * clear them, so they are only counted (tpsyncctl sources). */
+		sqlite3_stmt *c = store_stmt(ig->d->st, "SELECT count(*) FROM profiles WHERE source = ?");
+		if (!c)
+			return -EIO;
+		sqlite3_bind_text(c, 1, j->req.src->name, -1, SQLITE_STATIC);
+		int64_t total = sqlite3_step(c) == SQLITE_ROW ? sqlite3_column_int64(c, 0) : 0;
+		sqlite3_reset(c);
+		j->req.stats->profiles_missing = total > j->known ? total - j->known : 0;
+		sqlite3_bind_int64(s, 10, j->req.stats->profiles_missing);
+	}
 	int rc = sqlite3_step(s);
 	sqlite3_reset(s);
 	return rc == SQLITE_DONE ? 0 : -EIO;
@@ -573,7 +588,7 @@ static int phase_stage(struct ingest *ig, struct job *j, char *reason, size_t si
 {
 	struct store *st = ig->d->st;
 	int64_t start = mono_ms();
-	int64_t rows = j->rows, staged = j->staged, rejected = j->rejected;
+	int64_t rows = j->rows, staged = j->staged, rejected = j->rejected, known = j->known;
 	int64_t stat_rows = j->req.stats->rows_read, stat_staged = j->req.stats->rows_staged,
 		stat_rejected = j->req.stats->rows_rejected;
 	off_t offset = 0;
@@ -601,8 +616,11 @@ static int phase_stage(struct ingest *ig, struct job *j, char *reason, size_t si
 		j->req.stats->rows_read++;
 		const char *why = check_row(ig, j, &rec);
 		if (!why) {
+			bool was_known = false;
 			r = stage_profile(&ig->sg, rec.fields[j->id_col], rec.lens[j->id_col], &ig->incoming,
-					  j->req.src->name);
+					  j->req.src->name, &was_known);
+			if (was_known)
+				j->known++;
 			if (r == -E2BIG)
 				why = "profile data would exceed Target's 64 KB per profile";
 			else if (r < 0)
@@ -641,6 +659,7 @@ db_error:
 	j->rows = rows;
 	j->staged = staged;
 	j->rejected = rejected;
+	j->known = known;
 	j->req.stats->rows_read = stat_rows;
 	j->req.stats->rows_staged = stat_staged;
 	j->req.stats->rows_rejected = stat_rejected;

@@ -18,6 +18,7 @@ struct source_stats {
 	int64_t rows_staged;    /* rows that changed something */
 	int64_t rows_rejected;
 	int64_t last_file_at;
+	int64_t profiles_missing; /* snapshots: this source's profiles absent from the last version */
 	char last_file[256];
 	char last_error[512];
 	/* the file being ingested now, if any */

@@ -13,8 +13,6 @@ struct source {
 	struct source_stats stats;
 	int inotify_fd;
 	struct event *ev;
-	/* snapshot: the profiles of the last version that are absent from it */
-	int64_t missing_profiles;
 };
 
 /* Creates the source for cfg and starts watching (the watch is set up before the

@@ -71,6 +71,15 @@ static void on_inotify(evutil_socket_t fd, short what, void *arg)
 
 int snapshot_watch(struct source *s)
 {
+	/* The count of missing profiles survives restarts. */
+	sqlite3_stmt *q = store_stmt(s->d->st, "SELECT missing FROM ingested_files WHERE source = ? AND state = 'done'"
+					       " AND missing IS NOT NULL ORDER BY id DESC LIMIT 1");
+	if (q) {
+		sqlite3_bind_text(q, 1, s->cfg->name, -1, SQLITE_STATIC);
+		if (sqlite3_step(q) == SQLITE_ROW)
+			s->stats.profiles_missing = sqlite3_column_int64(q, 0);
+		sqlite3_reset(q);
+	}
 	char dir[PATH_MAX];
 	snprintf(dir, sizeof(dir), "%s", s->cfg->path);
 	char *parent = dirname(dir);

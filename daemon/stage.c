@@ -23,12 +23,12 @@ void stage_finish(struct stage *sg)
 	buf_finish(&sg->blob);
 }
 
-static const char SQL_LOOKUP[] = "SELECT accepted, inflight, pending FROM profiles WHERE id = ?";
+static const char SQL_LOOKUP[] = "SELECT accepted, inflight, pending, source FROM profiles WHERE id = ?";
 static const char SQL_INSERT[] =
 	"INSERT INTO profiles (id, pending, pending_seq, pending_since, source) VALUES (?1, ?2, ?3, ?4, ?5)";
 static const char SQL_SET_PENDING[] =
 	"UPDATE profiles SET pending = ?2, pending_seq = coalesce(pending_seq, ?3),"
-	" pending_since = coalesce(pending_since, ?4), source = ?5 WHERE id = ?1";
+	" pending_since = coalesce(pending_since, ?4), source = coalesce(?5, source) WHERE id = ?1";
 static const char SQL_CLEAR_PENDING[] =
 	"UPDATE profiles SET pending = NULL, pending_seq = NULL, pending_since = NULL WHERE id = ?1";
 
@@ -85,7 +85,8 @@ static int store_pending(struct stage *sg, const char *profile, size_t len, bool
 		sqlite3_bind_blob(s, 2, sg->blob.data, (int)sg->blob.len, SQLITE_STATIC);
 		sqlite3_bind_int64(s, 3, sg->st->next_seq++);
 		sqlite3_bind_int64(s, 4, now_ms());
-		sqlite3_bind_text(s, 5, source, -1, SQLITE_STATIC);
+		if (source)
+			sqlite3_bind_text(s, 5, source, -1, SQLITE_STATIC);
 	}
 	int rc = sqlite3_step(s);
 	sqlite3_reset(s);
@@ -133,7 +134,7 @@ static int supersede_dead_letters(struct stage *sg, const char *profile, size_t 
 }
 
 int stage_profile(struct stage *sg, const char *profile, size_t profile_len,
-		  const struct attrset *incoming, const char *source)
+		  const struct attrset *incoming, const char *source, bool *was_known)
 {
 	sqlite3_stmt *s;
 	int exists = lookup(sg, profile, profile_len, &s);
@@ -142,6 +143,9 @@ int stage_profile(struct stage *sg, const char *profile, size_t profile_len,
 		sqlite3_reset(s);
 		return exists;
 	}
+	if (was_known)
+		*was_known = exists == 1 && sqlite3_column_type(s, 3) == SQLITE_TEXT &&
+			     strcmp((const char *)sqlite3_column_text(s, 3), source) == 0;
 	bool changed = false;
 	for (size_t i = 0; i < incoming->n; i++) {
 		const struct attr_kv *in = &incoming->kv[i];
@@ -220,7 +224,9 @@ static int merge_missing(struct stage *sg, const char *profile, const struct att
 	sqlite3_reset(s);
 	if (r < 0)
 		return r;
-	return store_pending(sg, profile, len, exists == 1, source);
+	/* Re-sent values do not change which source the profile belongs to. */
+	(void)source;
+	return store_pending(sg, profile, len, exists == 1, NULL);
 reset:
 	sqlite3_reset(s);
 	return exists < 0 ? exists : r;

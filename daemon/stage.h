@@ -4,6 +4,7 @@
 #ifndef TPSYNC_STAGE_H
 #define TPSYNC_STAGE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -27,11 +28,12 @@ void stage_finish(struct stage *sg);
  * the caller's transaction. An attribute is staged when its value differs from
  * what Target was last given (the in-flight value if any, else the accepted one);
  * a value that returns to that while still pending cancels the pending change.
+ * *was_known (if not NULL) tells whether source staged this profile before.
  * Returns 1 when the profile's pending set changed, 0 when nothing differed,
  * -E2BIG when the profile would exceed PROFILE_MAX_BYTES (nothing staged), -EIO on
  * a database error, -ENOMEM. */
 int stage_profile(struct stage *sg, const char *profile, size_t profile_len,
-		  const struct attrset *incoming, const char *source);
+		  const struct attrset *incoming, const char *source, bool *was_known);
 
 /* Makes sure the latest values of the attributes in ids (their values are
  * ignored) go to Target again: each one not already pending is staged with its

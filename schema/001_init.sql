@@ -101,6 +101,8 @@ CREATE TABLE ingested_files (
   rows INTEGER NOT NULL DEFAULT 0,
   staged INTEGER NOT NULL DEFAULT 0,
   rejected INTEGER NOT NULL DEFAULT 0,
+  known INTEGER NOT NULL DEFAULT 0,     -- rows whose profile this source staged before
+  missing INTEGER,                      -- snapshots: this source's profiles absent from the file
   started_at INTEGER NOT NULL,
   finished_at INTEGER,
   error TEXT

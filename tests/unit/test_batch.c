@@ -19,7 +19,7 @@ static void stage(const char *id, const char *const *pairs)
 {
 	set_of(st, &in, pairs);
 	store_begin(st);
-	CHECK(stage_profile(&sg, id, strlen(id), &in, "test") >= 0);
+	CHECK(stage_profile(&sg, id, strlen(id), &in, "test", NULL) >= 0);
 	store_commit(st);
 }
 

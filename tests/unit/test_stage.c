@@ -12,12 +12,15 @@ static struct store *st;
 static struct stage sg;
 static struct attrset in;
 static char v[256];
+static bool last_known;
 
 static int stage(const char *id, const char *const *pairs)
 {
 	set_of(st, &in, pairs);
 	store_begin(st);
-	int r = stage_profile(&sg, id, strlen(id), &in, "test");
+	bool known = false;
+	int r = stage_profile(&sg, id, strlen(id), &in, "test", &known);
+	last_known = known;
 	store_commit(st);
 	return r;
 }
@@ -44,8 +47,10 @@ int main(void)
 	CHECK(stage("p1", (const char *[]){ "tier=gold", "city=Utrecht", NULL }) == 1);
 	CHECK_STR(pending("p1", "tier"), "gold");
 	CHECK_STR(pending("p1", "city"), "Utrecht");
-	/* The same again: nothing. */
+	CHECK(!last_known);
+	/* The same again: nothing. The profile is now known as this source's. */
 	CHECK(stage("p1", (const char *[]){ "tier=gold", "city=Utrecht", NULL }) == 0);
+	CHECK(last_known);
 	/* Newer value replaces the unsent one. */
 	CHECK(stage("p1", (const char *[]){ "tier=silver", NULL }) == 1);
 	CHECK_STR(pending("p1", "tier"), "silver");
