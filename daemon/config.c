@@ -29,6 +29,7 @@ static const char *const id_types[] = { "thirdPartyId", "pcId", NULL };
 static const char *const rows_modes[] = { "full_profile", "changed_only", NULL };
 static const char *const source_types[] = { "spool", "snapshot", NULL };
 static const char *const after_actions[] = { "archive", "delete", NULL };
+static const char *const mutating_policies[] = { "owner", "group", NULL };
 
 #define C(field) offsetof(struct config, field)
 #define S(field) offsetof(struct source_config, field)
@@ -63,6 +64,8 @@ static const struct key_desc state_keys[] = {
 };
 static const struct key_desc control_keys[] = {
 	{ .name = "socket", .type = K_STRING, .offset = C(control.socket), .def = "/run/tpsyncd/control.sock" },
+	{ .name = "group", .type = K_STRING, .offset = C(control.group) },
+	{ .name = "mutating", .type = K_ENUM, .offset = C(control.mutating), .def = "owner", .choices = mutating_policies },
 	{ .name = NULL }
 };
 static const struct key_desc batch_keys[] = {
@@ -600,6 +603,7 @@ void config_destroy(struct config *cfg)
 	free(cfg->target.ca_file);
 	free(cfg->state.database);
 	free(cfg->control.socket);
+	free(cfg->control.group);
 	free(cfg);
 }
 

@@ -16,6 +16,7 @@ enum id_type { ID_THIRD_PARTY, ID_PC };
 enum rows_mode { ROWS_FULL_PROFILE, ROWS_CHANGED_ONLY };
 enum source_type { SOURCE_SPOOL, SOURCE_SNAPSHOT };
 enum after_action { AFTER_ARCHIVE, AFTER_DELETE };
+enum mutating_policy { MUTATING_OWNER, MUTATING_GROUP };
 
 struct column_rename {
 	char *from;
@@ -54,6 +55,8 @@ struct config {
 	} state;
 	struct {
 		char *socket;
+		char *group;                   /* socket group; NULL: the daemon's */
+		enum mutating_policy mutating; /* who may pause, reload, ... */
 	} control;
 	struct {
 		int64_t max_rows;

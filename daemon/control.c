@@ -7,6 +7,7 @@
 #include "control.h"
 
 #include <errno.h>
+#include <grp.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/listener.h>
@@ -35,6 +36,7 @@ struct control {
 	struct evconnlistener *listener;
 	char *path;
 	struct conn *conns; /* open connections, closed with the control */
+	gid_t gid;          /* the socket's group */
 };
 
 struct conn {
@@ -325,9 +327,12 @@ static json_t *dispatch(struct conn *cn, json_t *req)
 		return error_reply("request has no \"cmd\"");
 	if (args && !json_is_object(args))
 		return error_reply("\"args\" must be an object");
-	if (is_mutating(cmd) && cn->peer.uid != 0 && cn->peer.uid != geteuid()) {
+	bool may_mutate = cn->peer.uid == 0 || cn->peer.uid == geteuid() ||
+			  (c->d->cfg->control.mutating == MUTATING_GROUP && cn->peer.gid == c->gid);
+	if (is_mutating(cmd) && !may_mutate) {
 		log_warn("msg=\"control command refused\" cmd=%s peer_uid=%u", cmd, (unsigned)cn->peer.uid);
-		return error_reply("permission denied: \"%s\" needs root or the daemon's user", cmd);
+		return error_reply("permission denied: \"%s\" needs root or the daemon's user%s", cmd,
+				   c->d->cfg->control.mutating == MUTATING_GROUP ? " or group" : "");
 	}
 	if (strcmp(cmd, "status") == 0)
 		return cmd_status(c);
@@ -371,6 +376,8 @@ static void conn_free(struct conn *cn)
 	free(cn);
 }
 
+static void start_closing(struct conn *cn);
+
 static void send_reply(struct conn *cn, json_t *reply)
 {
 	char *text = reply ? json_dumps(reply, JSON_COMPACT) : NULL;
@@ -378,14 +385,26 @@ static void send_reply(struct conn *cn, json_t *reply)
 	if (!text) {
 		text = strdup("{\"v\":1,\"ok\":false,\"error\":\"out of memory\"}");
 		if (!text) {
-			cn->is_closing = true;
+			start_closing(cn);
 			return;
 		}
 	}
 	struct evbuffer *out = bufferevent_get_output(cn->bev);
 	if (evbuffer_add(out, text, strlen(text)) < 0 || evbuffer_add(out, "\n", 1) < 0)
-		cn->is_closing = true;
+		start_closing(cn);
 	free(text);
+}
+
+/* Closing a connection: the error answer is flushed, the write side shut, and
+ * whatever the client still sends is discarded until it hangs up (closing with
+ * unread input would reset the connection and lose the answer). */
+static void start_closing(struct conn *cn)
+{
+	cn->is_closing = true;
+	struct timeval linger = { 5, 0 };
+	bufferevent_set_timeouts(cn->bev, &linger, &linger);
+	if (evbuffer_get_length(bufferevent_get_output(cn->bev)) == 0)
+		shutdown(bufferevent_getfd(cn->bev), SHUT_WR);
 }
 
 static void on_read(struct bufferevent *bev, void *arg)
@@ -394,14 +413,18 @@ static void on_read(struct bufferevent *bev, void *arg)
 	struct evbuffer *in = bufferevent_get_input(bev);
 	char *line;
 	size_t len;
-	while (!cn->is_closing && (line = evbuffer_readln(in, &len, EVBUFFER_EOL_LF))) {
+	if (cn->is_closing) {
+		evbuffer_drain(in, evbuffer_get_length(in));
+		return;
+	}
+	while ((line = evbuffer_readln(in, &len, EVBUFFER_EOL_LF))) {
 		json_error_t err;
 		json_t *req = len > CONTROL_MAX_LINE ? NULL : json_loadb(line, len, 0, &err);
 		free(line);
 		if (!req || !json_is_object(req)) {
 			send_reply(cn, error_reply(len > CONTROL_MAX_LINE ? "request too long" : "malformed request: not a JSON object"));
 			json_decref(req);
-			cn->is_closing = true;
+			start_closing(cn);
 			break;
 		}
 		send_reply(cn, dispatch(cn, req));
@@ -409,21 +432,17 @@ static void on_read(struct bufferevent *bev, void *arg)
 	}
 	if (!cn->is_closing && evbuffer_get_length(in) > CONTROL_MAX_LINE) {
 		send_reply(cn, error_reply("request too long"));
-		cn->is_closing = true;
+		start_closing(cn);
 	}
-	if (cn->is_closing) {
-		bufferevent_disable(bev, EV_READ);
+	if (cn->is_closing)
 		evbuffer_drain(in, evbuffer_get_length(in));
-		if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
-			conn_free(cn);
-	}
 }
 
 static void on_write(struct bufferevent *bev, void *arg)
 {
 	struct conn *cn = arg;
 	if (cn->is_closing)
-		conn_free(cn);
+		shutdown(bufferevent_getfd(bev), SHUT_WR);
 }
 
 static void on_event(struct bufferevent *bev, short what, void *arg)
@@ -497,10 +516,30 @@ struct control *control_create(struct daemon *d, const char *path)
 		log_err("msg=\"cannot bind control socket\" path=\"%s\" error=\"%s\"", path, strerror(errno));
 		goto fail;
 	}
-	if (chmod(path, 0660) < 0)
-		log_warn("msg=\"cannot set control socket mode\" error=\"%s\"", strerror(errno));
+	c->gid = getegid();
+	if (d->cfg->control.group) {
+		struct group *gr = getgrnam(d->cfg->control.group);
+		if (!gr) {
+			log_err("msg=\"control.group does not exist\" group=\"%s\"", d->cfg->control.group);
+			goto fail;
+		}
+		if (chown(path, (uid_t)-1, gr->gr_gid) < 0) {
+			log_err("msg=\"cannot give the control socket to its group\" group=\"%s\" error=\"%s\"",
+				d->cfg->control.group, strerror(errno));
+			goto fail;
+		}
+		c->gid = gr->gr_gid;
+	}
+	if (chmod(path, 0660) < 0) {
+		log_err("msg=\"cannot set control socket mode\" error=\"%s\"", strerror(errno));
+		goto fail;
+	}
 	return c;
 fail:
+	if (c->listener) {
+		evconnlistener_free(c->listener);
+		unlink(path);
+	}
 	free(c->path);
 	free(c);
 	return NULL;
