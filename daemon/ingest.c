@@ -399,6 +399,22 @@ static int start_rows(struct ingest *ig, struct job *j, off_t offset, uint64_t l
 	return r;
 }
 
+/* Folds len bytes into a 64-bit content hash, eight bytes at a time. Only used to
+ * recognise a file identical to the previous one (together with its size). */
+static uint64_t content_hash(uint64_t h, const char *p, size_t len)
+{
+	size_t i = 0;
+	for (; i + 8 <= len; i += 8) {
+		uint64_t w;
+		memcpy(&w, p + i, 8);
+		h = (h ^ w) * 0x9E3779B97F4A7C15ULL;
+		h ^= h >> 31;
+	}
+	for (; i < len; i++)
+		h = (h ^ (unsigned char)p[i]) * 1099511628211ULL;
+	return h;
+}
+
 /* Identifies a file. Returns 1 to go on, 0 if the job is finished, or < 0. */
 static int phase_open(struct ingest *ig, struct job *j, char *reason, size_t size)
 {
@@ -463,10 +479,7 @@ static int phase_hash(struct ingest *ig, struct job *j, char *reason, size_t siz
 		snprintf(reason, size, "read error: %s", strerror(errno));
 		return -errno;
 	}
-	for (ssize_t i = 0; i < n; i++) {
-		j->hash ^= (unsigned char)ig->hash_buf[i];
-		j->hash *= 1099511628211ULL;
-	}
+	j->hash = content_hash(j->hash, ig->hash_buf, (size_t)n);
 	j->hashed += n;
 	if (n > 0)
 		return 1;
@@ -582,6 +595,21 @@ static int update_checkpoint(struct ingest *ig, struct job *j, off_t offset, uin
 	return rc == SQLITE_DONE ? 0 : -EIO;
 }
 
+/* Commits a tiny write with synchronous=FULL: the WAL is fsynced, which makes the
+ * file's "done" record and every slice before it durable before the file is
+ * archived or deleted. */
+static int sync_done(struct ingest *ig, struct job *j)
+{
+	sqlite3_stmt *s = store_stmt(ig->d->st, "UPDATE ingested_files SET finished_at = ?2 WHERE id = ?1");
+	if (!s)
+		return -EIO;
+	sqlite3_bind_int64(s, 1, j->file_id);
+	sqlite3_bind_int64(s, 2, now_ms());
+	int rc = sqlite3_step(s);
+	sqlite3_reset(s);
+	return rc == SQLITE_DONE ? 0 : -EIO;
+}
+
 /* One slice: a transaction of up to SLICE_ROWS rows or SLICE_MS. Returns 1 to go
  * on, -EIO/-ENOSPC to retry the slice later, other negatives to fail the file. */
 static int phase_stage(struct ingest *ig, struct job *j, char *reason, size_t size)
@@ -596,7 +624,12 @@ static int phase_stage(struct ingest *ig, struct job *j, char *reason, size_t si
 	bool done = false;
 	int r;
 
-	if (store_begin(st) < 0)
+	/* Slices commit without waiting for fsync: a crash of the process loses
+	 * nothing, and after a power loss WAL recovery keeps a prefix of the
+	 * transactions, each carrying its own checkpoint, so the file resumes where
+	 * the surviving data ends. The file is archived only after the FULL commit
+	 * that marks it done (which makes every earlier slice durable too). */
+	if (store_exec(st, "PRAGMA synchronous=NORMAL") < 0 || store_begin(st) < 0)
 		goto db_error;
 	for (int n = 0; n < SLICE_ROWS; n++) {
 		struct csv_record rec;
@@ -641,7 +674,9 @@ static int phase_stage(struct ingest *ig, struct job *j, char *reason, size_t si
 	}
 	if ((line || done) && update_checkpoint(ig, j, offset, line, done) < 0)
 		goto db_error;
-	if (store_commit(st) < 0)
+	if (store_commit(st) < 0 || store_exec(st, "PRAGMA synchronous=FULL") < 0)
+		goto db_error;
+	if (done && sync_done(ig, j) < 0)
 		goto db_error;
 	j->req.stats->current_rows = j->rows;
 	j->req.stats->current_bytes = offset;
@@ -655,6 +690,7 @@ db_error:
 	r = sqlite3_extended_errcode(st->db);
 	snprintf(reason, size, "state database: %s", sqlite3_errmsg(st->db));
 	store_rollback(st);
+	store_exec(st, "PRAGMA synchronous=FULL");
 	/* Nothing of the slice is kept: rewind to the last committed checkpoint. */
 	j->rows = rows;
 	j->staged = staged;

@@ -182,9 +182,15 @@ void daemon_progress(struct daemon *d)
 	sender_kick(d->sender);
 	if (d->is_once && once_timer)
 		event_active(once_timer, 0, 0);
-	notify("STATUS=pending=%lld awaiting_status=%lld",
-	       (long long)store_query_int(d->st, "SELECT count(*) FROM profiles WHERE pending IS NOT NULL", 0),
-	       (long long)store_query_int(d->st, "SELECT count(*) FROM batches WHERE state = 'submitted'", 0));
+}
+
+/* systemd's STATUS= line, refreshed by a timer (counting the queue is not free,
+ * so it is never done per slice), and only when systemd listens. */
+static void on_status_timer(evutil_socket_t fd, short what, void *arg)
+{
+	struct daemon *d = arg;
+	const char *s = sender_status_line(d->sender);
+	notify("STATUS=%s", s);
 }
 
 static void print_summary(struct daemon *d, bool timed_out)
@@ -449,7 +455,13 @@ int main(int argc, char **argv)
 		}
 		event_priority_set(signals[i], 0);
 	}
-	struct event *watchdog = NULL;
+	struct event *watchdog = NULL, *status_timer = NULL;
+	if (getenv("NOTIFY_SOCKET")) {
+		status_timer = event_new(d.base, -1, EV_PERSIST, on_status_timer, &d);
+		struct timeval tv = { 5, 0 };
+		if (!status_timer || event_add(status_timer, &tv) < 0)
+			log_warn("msg=\"cannot start status timer\"");
+	}
 #if HAVE_LIBSYSTEMD
 	uint64_t wd_usec = 0;
 	if (sd_watchdog_enabled(0, &wd_usec) > 0) {
@@ -476,6 +488,8 @@ int main(int argc, char **argv)
 		event_free(signals[i]);
 	if (watchdog)
 		event_free(watchdog);
+	if (status_timer)
+		event_free(status_timer);
 free_modules:
 	if (once_timer)
 		event_free(once_timer);

@@ -1261,6 +1261,20 @@ void sender_status(struct sender *s, json_t *obj)
 	json_object_set_new(obj, "delivery", dl);
 }
 
+const char *sender_status_line(struct sender *s)
+{
+	static char line[512];
+	struct store *st = s->d->st;
+	char ago[32] = "never";
+	if (s->last_success_at)
+		snprintf(ago, sizeof(ago), "%llds ago", (long long)(now_ms() - s->last_success_at) / 1000);
+	snprintf(line, sizeof(line), "%s; %lld profiles pending, %lld batches awaiting status; last success %s",
+		 s->is_paused ? "paused" : s->is_auth_failed ? "authentication failed" : s->blocked[0] ? s->blocked : "running",
+		 (long long)store_query_int(st, "SELECT count(*) FROM profiles WHERE pending IS NOT NULL", 0),
+		 (long long)store_query_int(st, "SELECT count(*) FROM batches WHERE state = 'submitted'", 0), ago);
+	return line;
+}
+
 void sender_metrics(struct sender *s, FILE *out)
 {
 	fprintf(out, "# HELP tpsync_rows_sent_total Profile rows Target accepted.\n# TYPE tpsync_rows_sent_total counter\n");

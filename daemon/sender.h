@@ -34,6 +34,8 @@ int sender_active(const struct sender *s);
 bool sender_is_drained(struct sender *s, bool include_status);
 /* Adds the sender's part of "tpsyncctl status" to obj. */
 void sender_status(struct sender *s, json_t *obj);
+/* A one-line summary for systemd's STATUS= (static buffer). */
+const char *sender_status_line(struct sender *s);
 /* Prometheus metrics lines for the sender. */
 void sender_metrics(struct sender *s, FILE *out);
 

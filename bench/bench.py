@@ -1,0 +1,165 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+"""tpsync benchmarks. Prints a table of figures, each beside a reference measured
+in the same run on the same data (sqlite3's own .import, cat of a same-size file),
+so the ratios hold across machines. No pass/fail: figures only.
+
+  bench/bench.py [--rows N] [--attrs K] [--big-rows N] [--idle-seconds S] [--drops N] [--only NAME,...]
+
+Needs a build in build/ (ninja -C build)."""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUILD = os.environ.get("TPSYNC_BUILD", os.path.join(ROOT, "build"))
+TPSYNCD = os.path.join(BUILD, "daemon", "tpsyncd")
+TPSYNCCTL = os.path.join(BUILD, "daemon", "tpsyncctl")
+FAKE = os.path.join(BUILD, "tests", "fake-target", "fake-target")
+GEN = os.path.join(ROOT, "bench", "gen.py")
+HZ = os.sysconf("SC_CLK_TCK")
+
+results = []
+
+
+def report(name, value, unit, ref=None, ref_name=None, note=""):
+    ratio = f"{value / ref:.2f}x {ref_name}" if ref else ""
+    results.append((name, value, unit, ratio, note))
+    print(f"  {name:44} {value:12.3f} {unit:8} {ratio:24} {note}", flush=True)
+
+
+def gen(n, k, out, *extra):
+    subprocess.run([sys.executable, GEN, str(n), str(k), out, *extra], check=True)
+
+
+def wait_for(cond, timeout, what, interval=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(interval)
+    raise SystemExit(f"bench: timed out waiting for {what}")
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / HZ
+
+
+def peak_rss_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class Daemon:
+    def __init__(self, work, base_url="http://127.0.0.1:9", linger="1d", extra=""):
+        self.work = work
+        os.makedirs(os.path.join(work, "spool"), exist_ok=True)
+        self.sock = os.path.join(work, "ctl.sock")
+        self.cfg = os.path.join(work, "tpsyncd.yaml")
+        with open(self.cfg, "w") as f:
+            f.write(f"""target: {{client_code: demo, base_url: "{base_url}", poll_interval: 100ms, timeout: 30s}}
+state: {{database: {work}/state.db}}
+control: {{socket: {self.sock}}}
+batch: {{linger: {linger}, max_in_flight: 2}}
+retry: {{initial: 100ms, max: 1s}}
+limits: {{calls_per_minute: 1000, rows_per_day: 1000000000}}
+{extra}sources:
+  - {{name: crm, type: spool, path: {work}/spool, id_column: customer_id, after: delete}}
+""")
+        self.log = open(os.path.join(work, "tpsyncd.log"), "a")
+        self.proc = subprocess.Popen([TPSYNCD, "-c", self.cfg], stderr=self.log)
+        wait_for(lambda: self.ctl("status") is not None, 20, "tpsyncd")
+
+    def ctl(self, *args):
+        r = subprocess.run([TPSYNCCTL, "-s", self.sock, *args, "--json"], capture_output=True, text=True)
+        return json.loads(r.stdout) if r.returncode == 0 and r.stdout.strip() else None
+
+    def files(self):
+        s = self.ctl("sources")
+        return s["sources"][0]["files"] if s else -1
+
+    def drop(self, src, name):
+        """Copies src into the spool (renamed in); returns seconds until ingested."""
+        before = self.files()
+        tmp = os.path.join(self.work, "spool", name + ".part")
+        shutil.copyfile(src, tmp)
+        t = time.monotonic()
+        os.rename(tmp, os.path.join(self.work, "spool", name))
+        size_mb = os.path.getsize(src) / 1e6
+        wait_for(lambda: self.files() > before, 60 + size_mb * 2, f"ingesting {name}", interval=0.02)
+        return time.monotonic() - t
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(60)
+        self.log.close()
+
+
+def bench_staging(args, work):
+    n, k = args.rows, args.attrs
+    print(f"staging: {n:,} profiles x {k} attributes")
+    first = os.path.join(work, "first.csv")
+    same = os.path.join(work, "same.csv")
+    changed = os.path.join(work, "changed.csv")
+    gen(n, k, first)
+    gen(n, k, same, "--reverse")
+    gen(n, k, changed, "--change-rate", "0.01")
+    size_mb = os.path.getsize(first) / 1e6
+    db = os.path.join(work, "import.db")
+    t = time.monotonic()
+    subprocess.run(["sqlite3", db, ".mode csv", f".import {first} t"], check=True, capture_output=True)
+    ref = time.monotonic() - t
+    os.unlink(db)
+    report("sqlite3 .import (reference)", ref, "s", note=f"{size_mb:.0f} MB, {n / ref:,.0f} rows/s")
+    d = Daemon(os.path.join(work, "d"))
+    d.ctl("pause")
+    c0 = cpu_seconds(d.proc.pid)
+    s = d.drop(first, "a.csv")
+    c1 = cpu_seconds(d.proc.pid)
+    report("first ingest", s, "s", ref, ".import", f"{n / s:,.0f} rows/s, cpu {c1 - c0:.1f}s")
+    s = d.drop(same, "b.csv")
+    c2 = cpu_seconds(d.proc.pid)
+    report("unchanged re-ingest (rows reordered)", s, "s", ref, ".import", f"{n / s:,.0f} rows/s, cpu {c2 - c1:.1f}s")
+    s = d.drop(changed, "c.csv")
+    report("1% changed re-ingest", s, "s", ref, ".import", f"{n / s:,.0f} rows/s")
+    report("peak RSS (1M-row run)" if n == 1000000 else f"peak RSS ({n:,} rows)", peak_rss_mb(d.proc.pid), "MB")
+    report("state database size", os.path.getsize(os.path.join(work, "d", "state.db")) / 1e6, "MB",
+           note=f"{n:,} profiles")
+    d.stop()
+    for p in (first, same, changed):
+        os.unlink(p)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=1000000)
+    ap.add_argument("--attrs", type=int, default=10)
+    ap.add_argument("--only", default="")
+    a = ap.parse_args()
+    for p in (TPSYNCD, TPSYNCCTL, FAKE):
+        if not os.path.exists(p):
+            raise SystemExit(f"bench: {p} missing; build first (ninja -C build)")
+    work = tempfile.mkdtemp(prefix="tpsync-bench-")
+    try:
+        only = set(filter(None, a.only.split(",")))
+        for name, fn in [("staging", bench_staging)]:
+            if not only or name in only:
+                fn(a, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
