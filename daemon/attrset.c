@@ -113,6 +113,13 @@ static size_t lower_bound(const struct attrset *s, uint32_t id)
 
 int attrset_put(struct attrset *s, uint32_t id, const char *val, uint32_t len)
 {
+	/* Rows usually arrive in id order: append without searching. */
+	if (s->n == 0 || s->kv[s->n - 1].id < id) {
+		if (s->n == s->cap && reserve(s, s->n + 1) < 0)
+			return -ENOMEM;
+		s->kv[s->n++] = (struct attr_kv){ .id = id, .len = len, .val = val };
+		return 0;
+	}
 	size_t i = lower_bound(s, id);
 	if (i < s->n && s->kv[i].id == id) {
 		s->kv[i].val = val;

@@ -129,6 +129,16 @@ bool utf8_valid(const char *str, size_t len)
 {
 	const unsigned char *s = (const unsigned char *)str, *end = s + len;
 	while (s < end) {
+		/* ASCII runs, eight bytes at a time. */
+		while (end - s >= 8) {
+			uint64_t w;
+			memcpy(&w, s, 8);
+			if (w & 0x8080808080808080ULL)
+				break;
+			s += 8;
+		}
+		if (s == end)
+			break;
 		unsigned char c = *s;
 		if (c < 0x80) {
 			s++;
