@@ -274,7 +274,7 @@ static json_t *cmd_metrics(struct control *c)
 		   "# TYPE tpsync_oldest_pending_age_seconds gauge\n");
 	fprintf(f, "tpsync_oldest_pending_age_seconds %.3f\n", oldest ? (double)(now_ms() - oldest) / 1000.0 : 0.0);
 	fprintf(f, "# HELP tpsync_batches Batches by state.\n# TYPE tpsync_batches gauge\n");
-	static const char *const states[] = { "ready", "posting", "submitted", "complete", "stuck", "dead", "split" };
+	static const char *const states[] = { "ready", "posting", "submitted", "complete", "stuck", "dead", "split", "unconfirmed" };
 	for (size_t i = 0; i < sizeof(states) / sizeof(states[0]); i++) {
 		sqlite3_stmt *s = store_stmt(st, "SELECT count(*) FROM batches WHERE state = ?");
 		int64_t n = 0;

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "attrset.h"
+#include "crash.h"
 #include "csv.h"
 #include "log.h"
 #include "stage.h"
@@ -47,6 +48,8 @@ struct job {
 	int64_t known;      /* rows whose profile this source staged before */
 	int64_t invalid;    /* strict validation: rows found bad */
 	bool is_queued_again; /* the file changed while it was being read */
+	off_t committed_offset;  /* where the last committed slice ended */
+	uint64_t committed_line;
 	struct buf strict_report;
 };
 
@@ -394,8 +397,14 @@ static int start_rows(struct ingest *ig, struct job *j, off_t offset, uint64_t l
 	}
 	if (!j->col_attr && (r = map_header(ig, j, &h, reason, size)) < 0)
 		return r;
-	if (offset > 0 && (r = csv_seek(j->csv, offset, line)) < 0)
-		snprintf(reason, size, "cannot seek to checkpoint: %s", strerror(-r));
+	j->committed_offset = h.end_offset;
+	j->committed_line = h.line + 1;
+	if (offset > 0) {
+		if ((r = csv_seek(j->csv, offset, line)) < 0)
+			snprintf(reason, size, "cannot seek to checkpoint: %s", strerror(-r));
+		j->committed_offset = offset;
+		j->committed_line = line;
+	}
 	return r;
 }
 
@@ -678,6 +687,11 @@ static int phase_stage(struct ingest *ig, struct job *j, char *reason, size_t si
 		goto db_error;
 	if (done && sync_done(ig, j) < 0)
 		goto db_error;
+	if (!done) {
+		j->committed_offset = offset;
+		j->committed_line = line;
+	}
+	crash_point("after-slice");
 	j->req.stats->current_rows = j->rows;
 	j->req.stats->current_bytes = offset;
 	if (j->staged > staged)
@@ -687,11 +701,15 @@ static int phase_stage(struct ingest *ig, struct job *j, char *reason, size_t si
 	return 1;
 
 db_error:
+	store_die_on_io_error(st);
 	r = sqlite3_extended_errcode(st->db);
 	snprintf(reason, size, "state database: %s", sqlite3_errmsg(st->db));
 	store_rollback(st);
 	store_exec(st, "PRAGMA synchronous=FULL");
-	/* Nothing of the slice is kept: rewind to the last committed checkpoint. */
+	/* Nothing of the slice is kept: rewind the reader and the counters to the
+	 * last committed checkpoint, so the slice is read again when retried. */
+	if (csv_seek(j->csv, j->committed_offset, j->committed_line) < 0)
+		return -EIO;
 	j->rows = rows;
 	j->staged = staged;
 	j->rejected = rejected;
@@ -707,6 +725,7 @@ static void finish_job(struct ingest *ig, struct job *j, int result)
 	struct source_stats *stats = j->req.stats;
 	stats->is_busy = false;
 	if (result == 0) {
+		crash_point("before-archive");
 		dispose_file(ig, j);
 		stats->files++;
 		stats->last_file_at = now_ms();

@@ -21,6 +21,7 @@
 
 #include "backoff.h"
 #include "batch.h"
+#include "crash.h"
 #include "log.h"
 #include "stage.h"
 #include "target.h"
@@ -110,6 +111,13 @@ static bool rate_ok(struct sender *s, int64_t now, int64_t *free_at)
 		return true;
 	*free_at = oldest + 60000;
 	return false;
+}
+
+/* A call that never reached Target (no connection) does not use its budget. */
+static void unrecord_call(struct sender *s)
+{
+	if (s->calls_n > 0)
+		s->calls_n--;
 }
 
 static void record_call(struct sender *s, int64_t now)
@@ -327,6 +335,7 @@ static void note_error(struct sender *s, const char *fmt, ...)
 
 static void db_failed(struct sender *s, const char *what)
 {
+	store_die_on_io_error(s->d->st);
 	log_err("msg=\"state database error\" during=\"%s\" error=\"%s\"", what, sqlite3_errmsg(s->d->st->db));
 	note_error(s, "state database error during %s: %s", what, sqlite3_errmsg(s->d->st->db));
 	store_rollback(s->d->st);
@@ -516,6 +525,8 @@ static void observe_latency(struct sender *s, int64_t ms)
 static void submit_done(struct sender *s, struct transfer *t, CURLcode res, long http)
 {
 	int64_t id = t->batch_id;
+	/* Target has answered; nothing of it is committed yet. */
+	crash_point("after-answer");
 	char body[256];
 	excerpt(&t->response, body, sizeof(body));
 	if (res != CURLE_OK) {
@@ -591,6 +602,25 @@ static void submit_done(struct sender *s, struct transfer *t, CURLcode res, long
 
 static void poll_again(struct sender *s, int64_t id, int64_t delay, const char *why)
 {
+	/* Target accepted the batch but will not say how it ended: after
+	 * retry.give_up_after of trying, stop asking (its values stay accepted). */
+	sqlite3_stmt *q = store_stmt(s->d->st, "UPDATE batches SET state = 'unconfirmed', last_error = ?3"
+					       " WHERE id = ?1 AND answered_at < ?2");
+	if (!q)
+		{ db_failed(s, "poll"); return; }
+	sqlite3_bind_int64(q, 1, id);
+	sqlite3_bind_int64(q, 2, now_ms() - s->d->cfg->retry.give_up_after_ms);
+	sqlite3_bind_text(q, 3, why && *why ? why : "no final status within retry.give_up_after", -1, SQLITE_STATIC);
+	int rc = sqlite3_step(q);
+	sqlite3_reset(q);
+	if (rc != SQLITE_DONE)
+		{ db_failed(s, "poll"); return; }
+	if (sqlite3_changes(s->d->st->db) > 0) {
+		log_warn("msg=\"no final status from Target; batch left unconfirmed\" batch=%lld", (long long)id);
+		if (exec_batch(s, "DELETE FROM batch_rows WHERE batch_id = ?", id) < 0)
+			db_failed(s, "poll");
+		return;
+	}
 	sqlite3_stmt *u = store_stmt(s->d->st, "UPDATE batches SET polls = polls + 1, next_poll_at = ?2,"
 					       " last_error = ?3 WHERE id = ?1");
 	if (!u)
@@ -699,6 +729,8 @@ static void check_multi_info(struct sender *s)
 		}
 		s->last_answer_at = now_ms();
 		observe_latency(s, s->last_answer_at - t->started_at);
+		if (res == CURLE_COULDNT_CONNECT || res == CURLE_COULDNT_RESOLVE_HOST)
+			unrecord_call(s);
 		if (t->kind == XFER_SUBMIT) {
 			s->n_submits--;
 			submit_done(s, t, res, http);
@@ -803,6 +835,7 @@ static int start_submit(struct sender *s, int64_t id)
 		goto fail;
 	}
 	log_debug("msg=\"batch posted\" batch=%lld bytes=%lld", (long long)id, (long long)size);
+	crash_point("after-post");
 	return 0;
 fail:
 	transfer_free(t);

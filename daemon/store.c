@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "log.h"
 
@@ -73,6 +74,16 @@ sqlite3_stmt *store_stmt(struct store *st, const char *sql)
 	st->stmts[st->n_stmts].stmt = s;
 	st->n_stmts++;
 	return s;
+}
+
+void store_die_on_io_error(struct store *st)
+{
+	int code = sqlite3_extended_errcode(st->db);
+	if ((code & 0xff) != SQLITE_IOERR || code == SQLITE_IOERR_NOMEM)
+		return;
+	log_err("msg=\"state database I/O error; exiting so nothing builds on lost writes\" error=\"%s\" code=%d",
+		sqlite3_errmsg(st->db), code);
+	_exit(74); /* EX_IOERR */
 }
 
 int64_t store_query_int(struct store *st, const char *sql, int64_t fallback)

@@ -51,6 +51,11 @@ int64_t store_attr_id(struct store *st, const char *name, size_t len);
 /* The name of attribute id, or NULL if unknown. */
 const char *store_attr_name(const struct store *st, uint32_t id);
 
+/* Ends the process if the last error on st was an I/O error other than a full
+ * disk (a failed fsync above all): carrying on could build on writes that never
+ * reached the disk. systemd restarts the daemon, which recovers from the WAL. */
+void store_die_on_io_error(struct store *st);
+
 /* Runs a query that yields one integer; returns it, or fallback when no row. */
 int64_t store_query_int(struct store *st, const char *sql, int64_t fallback);
 

@@ -784,10 +784,11 @@ int main(int argc, char **argv)
 		{ "token", required_argument, NULL, 't' },
 		{ "status-polls", required_argument, NULL, 's' },
 		{ "calls-per-minute", required_argument, NULL, 'r' },
+		{ "state-file", required_argument, NULL, 'S' },
 		{ NULL, 0, NULL, 0 },
 	};
 	int port = 0, opt;
-	const char *port_file = NULL;
+	const char *port_file = NULL, *state_file = NULL;
 	g.client = "demo";
 	g.status_polls = 1;
 	g.calls_per_minute = 50;
@@ -800,14 +801,37 @@ int main(int argc, char **argv)
 		case 't': g.token = strdup(optarg); break;
 		case 's': g.status_polls = atoi(optarg); break;
 		case 'r': g.calls_per_minute = atoi(optarg); break;
+		case 'S': state_file = optarg; break;
 		default:
 			fprintf(stderr, "usage: fake-target [--port N] [--port-file F] [--client C] [--token T] "
-					"[--status-polls N] [--calls-per-minute N]\n");
+					"[--status-polls N] [--calls-per-minute N] [--state-file F]\n");
 			return 64;
 		}
 	}
 	signal(SIGPIPE, SIG_IGN);
 	reset_state();
+	/* Target keeps its profiles across an outage: so does the fake, with --state-file. */
+	if (state_file && access(state_file, F_OK) == 0) {
+		json_t *saved = json_load_file(state_file, 0, NULL);
+		json_t *profiles = json_object_get(saved, "profiles"), *batches = json_object_get(saved, "batches");
+		if (!json_is_object(profiles) || !json_is_array(batches)) {
+			fprintf(stderr, "fake-target: cannot read %s\n", state_file);
+			return 1;
+		}
+		json_decref(g.profiles);
+		g.profiles = json_incref(profiles);
+		size_t i;
+		json_t *b;
+		json_array_foreach(batches, i, b) {
+			struct batch *nb = new_batch((int)json_integer_value(json_object_get(b, "size")));
+			snprintf(nb->id, sizeof(nb->id), "%s", json_string_value(json_object_get(b, "id")));
+			nb->polls_left = (int)json_integer_value(json_object_get(b, "polls_left"));
+			nb->is_stuck = json_is_true(json_object_get(b, "stuck"));
+			nb->successful = (int)json_integer_value(json_object_get(b, "successful"));
+			nb->not_found = (int)json_integer_value(json_object_get(b, "not_found"));
+		}
+		json_decref(saved);
+	}
 	g.base = event_base_new();
 	g.http = g.base ? evhttp_new(g.base) : NULL;
 	if (!g.http)
@@ -843,6 +867,19 @@ int main(int argc, char **argv)
 	event_base_dispatch(g.base);
 	event_free(term);
 	event_free(intr);
+	if (state_file) {
+		json_t *batches = json_array();
+		for (size_t i = 0; i < g.n_batches; i++) {
+			struct batch *b = &g.batches[i];
+			json_array_append_new(batches, json_pack("{s:s, s:i, s:i, s:b, s:i, s:i}", "id", b->id, "size", b->size,
+								 "polls_left", b->polls_left, "stuck", b->is_stuck,
+								 "successful", b->successful, "not_found", b->not_found));
+		}
+		json_t *saved = json_pack("{s:O, s:o}", "profiles", g.profiles, "batches", batches);
+		if (json_dump_file(saved, state_file, JSON_COMPACT) < 0)
+			fprintf(stderr, "fake-target: cannot write %s\n", state_file);
+		json_decref(saved);
+	}
 	evhttp_free(g.http);
 	event_base_free(g.base);
 	reset_state();

@@ -38,8 +38,8 @@ class FakeTarget:
         # Tests run fast, so the fake's call limit is high unless a test sets it.
         if "--calls-per-minute" not in args:
             args = ("--calls-per-minute", "100000", *args)
-        self.proc = subprocess.Popen([FAKE_TARGET, "--port-file", self.port_file, *args],
-                                     stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen([os.path.abspath(FAKE_TARGET), "--port-file", self.port_file, *args],
+                                     stdout=self.log, stderr=subprocess.STDOUT, cwd=workdir)
         wait_for(lambda: os.path.exists(self.port_file), 10, "fake Target to listen")
         with open(self.port_file) as f:
             self.port = int(f.read())
