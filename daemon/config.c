@@ -517,25 +517,16 @@ static void validate(struct loader *l, struct config *cfg, yaml_node_t *root)
 		warn(l, mark, "no sources configured; the daemon will only deliver what is already queued");
 }
 
-int config_load(const char *path, struct config **out, FILE *err)
+int config_load_buffer(const char *name, const char *text, size_t len, struct config **out, FILE *err)
 {
-	struct loader l = { .path = path, .err = err };
+	struct loader l = { .path = name, .err = err };
 	yaml_parser_t parser;
 	int r = 0;
 
-	FILE *f = fopen(path, "rb");
-	if (!f) {
-		r = -errno;
-		if (err)
-			fprintf(err, "%s:1:1: cannot open: %s\n", path, strerror(-r));
-		return r;
-	}
 	struct config *cfg = calloc(1, sizeof(*cfg));
-	if (!cfg) {
-		r = -ENOMEM;
-		goto close_file;
-	}
-	cfg->path = strdup(path);
+	if (!cfg)
+		return -ENOMEM;
+	cfg->path = strdup(name);
 	if (!cfg->path) {
 		r = -ENOMEM;
 		goto free_config;
@@ -544,9 +535,9 @@ int config_load(const char *path, struct config **out, FILE *err)
 		r = -ENOMEM;
 		goto free_config;
 	}
-	yaml_parser_set_input_file(&parser, f);
+	yaml_parser_set_input_string(&parser, (const unsigned char *)text, len);
 	if (!yaml_parser_load(&parser, &l.doc)) {
-		report(&l, &parser.problem_mark, "YAML syntax error: %s%s%s", parser.problem,
+		report(&l, &parser.problem_mark, "YAML syntax error: %s%s%s", parser.problem ? parser.problem : "",
 		       parser.context ? " " : "", parser.context ? parser.context : "");
 		r = -EINVAL;
 		goto delete_parser;
@@ -561,16 +552,45 @@ int config_load(const char *path, struct config **out, FILE *err)
 delete_parser:
 	yaml_parser_delete(&parser);
 	if (r == 0) {
-		fclose(f);
 		*out = cfg;
 		return 0;
 	}
 free_config:
 	config_destroy(cfg);
-close_file:
-	fclose(f);
 	if (r == -ENOMEM && err)
-		fprintf(err, "%s:1:1: out of memory\n", path);
+		fprintf(err, "%s:1:1: out of memory\n", name);
+	return r;
+}
+
+int config_load(const char *path, struct config **out, FILE *err)
+{
+	/* A configuration file is small; anything over 1 MiB is a mistake. */
+	enum { MAX_CONFIG = 1 << 20 };
+	FILE *f = fopen(path, "rb");
+	if (!f) {
+		int r = -errno;
+		if (err)
+			fprintf(err, "%s:1:1: cannot open: %s\n", path, strerror(-r));
+		return r;
+	}
+	char *text = malloc(MAX_CONFIG + 1);
+	size_t len = text ? fread(text, 1, MAX_CONFIG + 1, f) : 0;
+	int r = 0;
+	if (!text)
+		r = -ENOMEM;
+	else if (ferror(f))
+		r = -EIO;
+	else if (len > MAX_CONFIG)
+		r = -EFBIG;
+	fclose(f);
+	if (r < 0) {
+		if (err)
+			fprintf(err, "%s:1:1: cannot read: %s\n", path, strerror(-r));
+		free(text);
+		return r;
+	}
+	r = config_load_buffer(path, text, len, out, err);
+	free(text);
 	return r;
 }
 

@@ -85,6 +85,8 @@ struct config {
  * (which may be NULL to stay quiet). Warnings (valid but doubtful settings) are
  * printed to err as "FILE:LINE:COL: warning: ..." and do not fail the load. */
 int config_load(const char *path, struct config **out, FILE *err);
+/* The same, from len bytes of text; name is used in messages. */
+int config_load_buffer(const char *name, const char *text, size_t len, struct config **out, FILE *err);
 void config_destroy(struct config *cfg);
 
 /* The source called name, or NULL. */

@@ -318,15 +318,11 @@ static bool is_mutating(const char *cmd)
 static json_t *dispatch(struct conn *cn, json_t *req)
 {
 	struct control *c = cn->c;
-	json_t *v = json_object_get(req, "v");
-	if (v && (!json_is_integer(v) || json_integer_value(v) != CONTROL_PROTOCOL_VERSION))
-		return error_reply("unsupported protocol version (this daemon speaks %d)", CONTROL_PROTOCOL_VERSION);
-	const char *cmd = json_string_value(json_object_get(req, "cmd"));
-	json_t *args = json_object_get(req, "args");
-	if (!cmd)
-		return error_reply("request has no \"cmd\"");
-	if (args && !json_is_object(args))
-		return error_reply("\"args\" must be an object");
+	const char *cmd;
+	json_t *args;
+	char why[128];
+	if (control_check_request(req, &cmd, &args, why, sizeof(why)) < 0)
+		return error_reply("%s", why);
 	bool may_mutate = cn->peer.uid == 0 || cn->peer.uid == geteuid() ||
 			  (c->d->cfg->control.mutating == MUTATING_GROUP && cn->peer.gid == c->gid);
 	if (is_mutating(cmd) && !may_mutate) {

@@ -73,7 +73,8 @@ int csv_seek(struct csv_reader *r, off_t offset, uint64_t line)
 /* Returns the next byte, -1 at EOF, or < -1 (a negative errno - 1) on error. */
 static int next_byte(struct csv_reader *r)
 {
-	if (r->block_pos == r->block_len) {
+	/* A loop: the block read may be all BOM, leaving nothing to return yet. */
+	while (r->block_pos == r->block_len) {
 		if (r->eof)
 			return -1;
 		r->block_offset += (off_t)r->block_len;

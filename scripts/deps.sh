@@ -6,7 +6,7 @@ set -euo pipefail
 PACKAGES=(
   gcc pkg-config meson ninja-build
   libevent-dev libcurl4-openssl-dev libsqlite3-dev libyaml-dev libexpat1-dev libjansson-dev libsystemd-dev
-  sqlite3 python3 scdoc curl ca-certificates systemd
+  sqlite3 python3 scdoc curl ca-certificates systemd valgrind util-linux
 )
 if [ "${TPSYNC_WITH_CLANG:-0}" = 1 ]; then
   PACKAGES+=(clang libclang-rt-14-dev)

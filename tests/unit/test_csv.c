@@ -144,6 +144,22 @@ static void big(void)
 	close(fd);
 }
 
+/* Found by fuzz_csv: a file holding nothing but a BOM. */
+static void only_bom(void)
+{
+	int fd;
+	struct csv_record rec;
+	struct csv_reader *r = reader("\xEF\xBB\xBF", 3, ',', 64, &fd);
+	CHECK(csv_next(r, &rec) == 0);
+	csv_destroy(r);
+	close(fd);
+	r = reader("\xEF\xBB\xBF\n\nid\n", 8, ',', 64, &fd);
+	CHECK(csv_next(r, &rec) == 1 && rec.n_fields == 1 && rec.line == 3);
+	CHECK_STR(rec.fields[0], "id");
+	csv_destroy(r);
+	close(fd);
+}
+
 static void utf8(void)
 {
 	CHECK(utf8_valid("plain", 5));
@@ -160,6 +176,7 @@ int main(void)
 	delimiters();
 	errors();
 	big();
+	only_bom();
 	utf8();
 	return check_result("test_csv");
 }
