@@ -23,24 +23,45 @@ static const struct command {
 	const char *name;
 	const char *args;
 	const char *help;
+	const char *details;
 } commands[] = {
-	{ "status", "", "what the daemon is doing: queue, delivery, sources" },
-	{ "sources", "", "per-source counters, rejects and ingestion progress" },
-	{ "batches", "[--limit N]", "recent batches and their state at Target" },
-	{ "dead", "[--limit N]", "dead letters: values that could not be delivered" },
-	{ "retry-dead", "[--all | ID...]", "queue dead letters again" },
-	{ "pause", "", "hold new submissions (status polls go on)" },
-	{ "resume", "", "release a pause" },
-	{ "flush", "", "send what is pending now, without waiting for batch.linger" },
-	{ "rescan", "[SOURCE]", "look for new files in every (or one) source" },
-	{ "reload", "", "re-read the configuration and the token (like SIGHUP)" },
-	{ "metrics", "", "Prometheus text exposition" },
-	{ NULL, NULL, NULL },
+	{ "status", "", "what the daemon is doing: queue, delivery, sources",
+	  "Shows the queue (profiles pending, batches ready, in flight, awaiting Target's\n"
+	  "status), the delivery state (running, paused, authentication failed, or held\n"
+	  "back by a limit, with which limit and until when), the last success and error,\n"
+	  "dead letters, and per-source counters." },
+	{ "sources", "", "per-source counters, rejects and ingestion progress",
+	  "Per source: files ingested and failed, rows read, staged and rejected, the last\n"
+	  "file and problem; for a file being read, rows, bytes and rows/s; for snapshots,\n"
+	  "the profiles missing from the last version (Target keeps their values)." },
+	{ "batches", "[--limit N]", "recent batches and their state at Target",
+	  "The newest N batches (default 20): state, rows, bytes, attempts, when sent,\n"
+	  "Target's status and counts (successful, profilesNotFound, failed) or last error." },
+	{ "dead", "[--limit N]", "dead letters: values that could not be delivered",
+	  "The newest N dead letters (default 50) with profile, attribute, value, reason,\n"
+	  "attempts and Target's last answer, and the total." },
+	{ "retry-dead", "[--all | ID...]", "queue dead letters again",
+	  "Stages the dead letters (all, or the given ids) again; a value staged since is\n"
+	  "newer and wins. Needs root or the daemon's user." },
+	{ "pause", "", "hold new submissions (status polls go on)", "Needs root or the daemon's user." },
+	{ "resume", "", "release a pause", "Needs root or the daemon's user." },
+	{ "flush", "", "send what is pending now, without waiting for batch.linger",
+	  "Needs root or the daemon's user." },
+	{ "rescan", "[SOURCE]", "look for new files in every (or one) source", "Needs root or the daemon's user." },
+	{ "reload", "", "re-read the configuration and the token (like SIGHUP)",
+	  "Exits 1 with the configuration's errors if it is invalid (the running one\n"
+	  "stays). Needs root or the daemon's user." },
+	{ "metrics", "", "Prometheus text exposition",
+	  "Queue depth, oldest pending age, batches by state, rows by source and outcome,\n"
+	  "retries by cause, request latency histogram, dead letters, last success time.\n"
+	  "For node_exporter's textfile collector: tpsyncctl metrics > FILE.prom.tmp && mv ..." },
+	{ NULL, NULL, NULL, NULL },
 };
 
 static void usage(FILE *out)
 {
-	fprintf(out, "Usage: tpsyncctl [-s SOCKET] COMMAND [ARGS] [--json]\n\nCommands:\n");
+	fprintf(out, "Usage: tpsyncctl [-s SOCKET] COMMAND [ARGS] [--json]\n"
+		     "       tpsyncctl help COMMAND\n\nCommands:\n");
 	for (const struct command *c = commands; c->name; c++)
 		fprintf(out, "  %-10s %-16s %s\n", c->name, c->args, c->help);
 	fprintf(out, "\nOptions:\n  -s, --socket PATH  control socket (default %s)\n"
@@ -284,6 +305,21 @@ int main(int argc, char **argv)
 		return EXIT_USAGE;
 	}
 	const char *cmd = argv[optind++];
+	if (strcmp(cmd, "help") == 0) {
+		if (optind >= argc) {
+			usage(stdout);
+			return 0;
+		}
+		for (const struct command *h = commands; h->name; h++) {
+			if (strcmp(h->name, argv[optind]) == 0) {
+				printf("Usage: tpsyncctl [-s SOCKET] %s %s [--json]\n%s.\n\n%s\n", h->name, h->args, h->help,
+				       h->details);
+				return 0;
+			}
+		}
+		fprintf(stderr, "tpsyncctl: no command \"%s\"\n", argv[optind]);
+		return EXIT_USAGE;
+	}
 	const struct command *c = commands;
 	while (c->name && strcmp(c->name, cmd) != 0)
 		c++;

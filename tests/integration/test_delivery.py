@@ -313,6 +313,29 @@ def test_mixed_faults(case):
         check_spacing(same, 100)
 
 
+def test_v1_counts_profiles_not_found(case):
+    """api_version 1 updates existing profiles only: the unknown one is counted
+    as profilesNotFound in the batch's status (and the log)."""
+    d = case.daemon(target_extra="  api_version: 1\n").start()
+    case.target.configure()
+    # c1 exists at Target (created through v2 by someone else); c2 does not.
+    import urllib.request
+    req = urllib.request.Request(case.target.url + "/m2/demo/v2/profile/batchUpdate",
+                                 data=b"batch=thirdPartyId,tier\nc1,old\n", method="POST",
+                                 headers={"Content-Type": "application/x-www-form-urlencoded"})
+    urllib.request.urlopen(req, timeout=5).read()
+    drop(case, "a.csv", [["c1", "gold", "x"], ["c2", "silver", "y"]])
+    def complete():
+        bs = d.ctl("batches")["batches"]
+        return bs and bs[0]["state"] == "complete" and bs[0]
+    b = wait_for(complete, 20, "completion")
+    assert b["successful"] == 1 and b["not_found"] == 1, b
+    assert case.target.requests()[-1]["path"] == "/m2/demo/profile/batchUpdate"
+    assert case.target.profiles() == {"c1": {"tier": "gold", "city": "x"}}
+    assert "profiles_not_found=1" in d.log_text()
+    assert "not_found=1" in d.ctl("batches", as_json=False).stdout
+
+
 def with_opts(fn):
     opts = getattr(fn, "opts", None)
     if not opts:
@@ -338,4 +361,5 @@ if __name__ == "__main__":
         test_http_400_dead_letters_at_once, test_413_splits_batch, test_401_pauses_until_token_changes,
         test_401_resumes_when_token_file_changes, test_stuck_requeued_once_then_dead,
         test_status_incomplete_many_times, test_ordering_newer_value_waits_for_answer,
-        test_call_rate_limit_respected, test_rows_per_day_budget, test_mixed_faults]])
+        test_call_rate_limit_respected, test_rows_per_day_budget, test_v1_counts_profiles_not_found,
+        test_mixed_faults]])

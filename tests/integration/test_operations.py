@@ -53,6 +53,8 @@ def test_commands(case):
     assert "crm" in d.ctl("sources", as_json=False).stdout
     r = subprocess.run([TPSYNCCTL, "-s", d.socket, "retry-dead"], capture_output=True, text=True)
     assert r.returncode == 64 and "--all" in r.stderr
+    r = subprocess.run([TPSYNCCTL, "help", "batches"], capture_output=True, text=True)
+    assert r.returncode == 0 and "--limit N" in r.stdout and "profilesNotFound" in r.stdout, r.stdout
 
 
 def test_metrics(case):

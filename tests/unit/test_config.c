@@ -87,6 +87,11 @@ static void defaults(void)
 	CHECK_STR(cfg->control.socket, "/run/tpsyncd/control.sock");
 	CHECK(strstr(err, "warning: no sources configured") != NULL);
 	config_destroy(cfg);
+	/* pcId keys with v2: valid, with a warning. */
+	err[0] = '\0';
+	CHECK(load("target: {client_code: acme, id_type: pcId}\n", &cfg, err, sizeof(err)) == 0);
+	CHECK(strstr(err, "warning: id_type pcId with api_version 2") != NULL);
+	config_destroy(cfg);
 }
 
 /* Each bad config fails and names the position and the problem. */
