@@ -142,11 +142,132 @@ def bench_staging(args, work):
         os.unlink(p)
 
 
+class Fake:
+    def __init__(self, work, *args):
+        self.port_file = os.path.join(work, "fake.port")
+        self.log = open(os.path.join(work, "fake.log"), "w")
+        self.proc = subprocess.Popen([FAKE, "--port-file", self.port_file, "--calls-per-minute", "1000000",
+                                      "--no-log", *args], stdout=self.log, stderr=subprocess.STDOUT)
+        wait_for(lambda: os.path.exists(self.port_file), 10, "fake Target")
+        self.url = "http://127.0.0.1:" + open(self.port_file).read().strip()
+
+    def get(self, path):
+        import urllib.request
+        with urllib.request.urlopen(self.url + path, timeout=30) as r:
+            return json.loads(r.read())
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(30)
+        self.log.close()
+
+
+def bench_encoding(args, work):
+    print("encoding: one full batch (500,000 rows x 10 attributes, full profiles)")
+    src = os.path.join(work, "enc.csv")
+    gen(500000, args.attrs, src, "--seed", "5")
+    d = Daemon(os.path.join(work, "enc"))
+    d.ctl("pause")
+    d.drop(src, "a.csv")
+    d.stop()
+    out = os.path.join(work, "batch.csv")
+    r = subprocess.run([os.path.join(BUILD, "bench", "bench_encode"), os.path.join(work, "enc", "state.db"), out],
+                       capture_output=True, text=True, check=True)
+    build_s, write_s, size, rows = r.stdout.split()
+    build_s, write_s, size = float(build_s), float(write_s), int(size)
+    copy = os.path.join(work, "copy.csv")
+    t = time.monotonic()
+    subprocess.run(f"cat {out} > {copy}", shell=True, check=True)
+    cat_s = time.monotonic() - t
+    report("cat of the same-size file (copy floor)", size / 1e6 / cat_s, "MB/s", note=f"{size / 1e6:.1f} MB")
+    report("encode 500k-row batch body", size / 1e6 / write_s, "MB/s", size / 1e6 / cat_s, "cat",
+           f"{int(rows):,} rows in {write_s:.2f}s")
+    report("choose rows for it (pending -> in flight)", build_s, "s", note="one transaction")
+    for p in (src, out, copy):
+        os.unlink(p)
+
+
+def bench_end_to_end(args, work):
+    n = args.rows
+    print(f"end to end: {n:,} profiles from a spool file to the fake Target")
+    src = os.path.join(work, "e2e.csv")
+    gen(n, args.attrs, src, "--seed", "9")
+    fake = Fake(work, "--status-polls", "0")
+    d = Daemon(os.path.join(work, "e2e"), base_url=fake.url, linger="0ms")
+    c0 = cpu_seconds(d.proc.pid)
+    t = time.monotonic()
+    tmp = os.path.join(work, "e2e", "spool", "a.csv.part")
+    shutil.copyfile(src, tmp)
+    t = time.monotonic()
+    os.rename(tmp, tmp[:-5])
+    wait_for(lambda: fake.get("/__count")["rows"] >= n, 60 + n / 2000, "delivery", interval=0.1)
+    total = time.monotonic() - t
+    cnt = fake.get("/__count")
+    report("spool file -> all rows at Target", total, "s", note=f"{n / total:,.0f} rows/s, {cnt['submissions']} requests")
+    report("  of which the fake Target's own time", cnt["busy_seconds"], "s")
+    report("  tpsyncd CPU", cpu_seconds(d.proc.pid) - c0, "s")
+    d.stop()
+    fake.stop()
+    os.unlink(src)
+
+
+def bench_latency(args, work):
+    print(f"latency: file dropped -> first byte POSTed, linger 0, {args.drops} drops")
+    fake = Fake(work)
+    fake_log_path = os.path.join(work, "lat-requests.json")
+    d = Daemon(os.path.join(work, "lat"), base_url=fake.url, linger="0ms")
+    lat = []
+    for i in range(args.drops):
+        tmp = os.path.join(work, "lat", "spool", f"d{i:04d}.csv.part")
+        with open(tmp, "w") as f:
+            f.write(f"customer_id,tier\nlat{i},v{i}\n")
+        t_ms = time.time() * 1000
+        os.rename(tmp, tmp[:-5])
+        wait_for(lambda: fake.get("/__count")["submissions"] > i, 10, "request", interval=0.002)
+        reqs = fake.get("/__requests")
+        lat.append(reqs[-1]["arrived_ms"] - t_ms)
+    lat.sort()
+    report("median", statistics.median(lat), "ms")
+    report("p99", lat[min(len(lat) - 1, int(len(lat) * 0.99))], "ms")
+    d.stop()
+    fake.stop()
+
+
+def bench_idle(args, work):
+    print(f"idle cost: an idle daemon (one spool source, control socket) over {args.idle_seconds:.0f} s")
+    d = Daemon(os.path.join(work, "idle"))
+    time.sleep(1)
+    c0 = cpu_seconds(d.proc.pid)
+    time.sleep(args.idle_seconds)
+    used = cpu_seconds(d.proc.pid) - c0
+    report("CPU per minute while idle", used * 60 / args.idle_seconds, "s/min",
+           note=f"{used:.3f}s over {args.idle_seconds:.0f}s (clock tick {1 / HZ:.2f}s)")
+    d.stop()
+
+
+def bench_memory(args, work):
+    n = args.big_rows
+    print(f"memory: peak RSS ingesting {n:,} rows x {args.attrs} attributes")
+    src = os.path.join(work, "big.csv")
+    gen(n, args.attrs, src, "--seed", "11")
+    d = Daemon(os.path.join(work, "big"))
+    d.ctl("pause")
+    s = d.drop(src, "a.csv")
+    report(f"peak RSS, {n:,}-row file", peak_rss_mb(d.proc.pid), "MB", note=f"ingested in {s:.1f}s")
+    report("state database size", os.path.getsize(os.path.join(work, "big", "state.db")) / 1e6, "MB",
+           note=f"{os.path.getsize(os.path.join(work, 'big', 'state.db')) / n:.0f} bytes/profile")
+    d.stop()
+    os.unlink(src)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=1000000)
     ap.add_argument("--attrs", type=int, default=10)
-    ap.add_argument("--only", default="")
+    ap.add_argument("--only", default="", help="comma-separated: staging,encoding,e2e,latency,idle,memory")
+    ap.add_argument("--big-rows", type=int, default=10000000)
+    ap.add_argument("--idle-seconds", type=float, default=60)
+    ap.add_argument("--drops", type=int, default=100)
     a = ap.parse_args()
     for p in (TPSYNCD, TPSYNCCTL, FAKE):
         if not os.path.exists(p):
@@ -154,7 +275,9 @@ def main():
     work = tempfile.mkdtemp(prefix="tpsync-bench-")
     try:
         only = set(filter(None, a.only.split(",")))
-        for name, fn in [("staging", bench_staging)]:
+        print(f"tpsync benchmarks on {os.cpu_count()} CPUs; {time.strftime('%Y-%m-%d')}")
+        for name, fn in [("staging", bench_staging), ("encoding", bench_encoding), ("e2e", bench_end_to_end),
+                         ("latency", bench_latency), ("idle", bench_idle), ("memory", bench_memory)]:
             if not only or name in only:
                 fn(a, work)
     finally:

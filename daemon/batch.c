@@ -301,13 +301,13 @@ static int read_header(struct store *st, int64_t id, uint32_t **ids, size_t *n)
 	return 0;
 }
 
-static int put_encoded(FILE *out, struct buf *tmp, const char *s, size_t len)
+/* Appends the encoding of len bytes to line. */
+static int put_encoded(struct buf *line, const char *s, size_t len)
 {
-	buf_reset(tmp);
-	if (buf_reserve(tmp, len * 3) < 0)
+	if (buf_reserve(line, len * 3) < 0)
 		return -ENOMEM;
-	tmp->len = pctenc_encode(s, len, tmp->data);
-	return fwrite(tmp->data, 1, tmp->len, out) == tmp->len ? 0 : -EIO;
+	line->len += pctenc_encode(s, len, line->data + line->len);
+	return 0;
 }
 
 int64_t batch_write_body(struct store *st, const struct config *cfg, int64_t id, FILE *out)
@@ -315,21 +315,28 @@ int64_t batch_write_body(struct store *st, const struct config *cfg, int64_t id,
 	uint32_t *ids = NULL;
 	size_t n = 0;
 	struct attrset row;
-	struct buf tmp;
+	struct buf line;
+	int64_t total = 0;
 	int r = read_header(st, id, &ids, &n);
 	if (r < 0)
 		return r;
 	attrset_init(&row);
-	buf_init(&tmp);
-	long start = ftell(out);
-	fputs("batch=", out);
-	fputs(id_header(cfg), out);
+	buf_init(&line);
+	/* One write per row: the line is built in a reused buffer. */
+	r = buf_append(&line, "batch=", 6);
+	if (r == 0)
+		r = buf_append(&line, id_header(cfg), strlen(id_header(cfg)));
 	for (size_t i = 0; i < n && r == 0; i++) {
 		const char *name = store_attr_name(st, ids[i]);
-		fputc(',', out);
-		r = put_encoded(out, &tmp, name, strlen(name));
+		r = buf_putc(&line, ',');
+		if (r == 0)
+			r = put_encoded(&line, name, strlen(name));
 	}
-	fputc('\n', out);
+	if (r == 0)
+		r = buf_putc(&line, '\n');
+	if (r == 0 && fwrite(line.data, 1, line.len, out) != line.len)
+		r = -EIO;
+	total += (int64_t)line.len;
 	sqlite3_stmt *s = store_stmt(st, "SELECT profile, attrs FROM batch_rows WHERE batch_id = ? ORDER BY profile");
 	if (!s) {
 		r = -EIO;
@@ -341,25 +348,30 @@ int64_t batch_write_body(struct store *st, const struct config *cfg, int64_t id,
 			r = -EINVAL;
 			break;
 		}
-		r = put_encoded(out, &tmp, (const char *)sqlite3_column_text(s, 0), (size_t)sqlite3_column_bytes(s, 0));
+		buf_reset(&line);
+		r = put_encoded(&line, (const char *)sqlite3_column_text(s, 0), (size_t)sqlite3_column_bytes(s, 0));
 		for (size_t i = 0; i < n && r == 0; i++) {
-			fputc(',', out);
+			r = buf_putc(&line, ',');
 			const struct attr_kv *kv = attrset_get(&row, ids[i]);
-			if (kv)
-				r = put_encoded(out, &tmp, kv->val, kv->len);
+			if (r == 0 && kv)
+				r = put_encoded(&line, kv->val, kv->len);
 		}
-		fputc('\n', out);
+		if (r == 0)
+			r = buf_putc(&line, '\n');
+		if (r == 0 && fwrite(line.data, 1, line.len, out) != line.len)
+			r = -EIO;
+		total += (int64_t)line.len;
 	}
 	sqlite3_reset(s);
 out:
 	free(ids);
 	attrset_finish(&row);
-	buf_finish(&tmp);
+	buf_finish(&line);
 	if (r < 0)
 		return r;
 	if (fflush(out) != 0 || ferror(out))
 		return -EIO;
-	return ftell(out) - start;
+	return total;
 }
 
 int batch_accept(struct store *st, int64_t id)

@@ -341,6 +341,8 @@ int main(int argc, char **argv)
 				long long id = strtoll(argv[optind], &end, 10);
 				if (*end || id <= 0) {
 					fprintf(stderr, "tpsyncctl: retry-dead: \"%s\" is not a dead letter id\n", argv[optind]);
+					json_decref(ids);
+					json_decref(args);
 					return EXIT_USAGE;
 				}
 				json_array_append_new(ids, json_integer(id));
@@ -348,6 +350,7 @@ int main(int argc, char **argv)
 			json_object_set_new(args, "ids", ids);
 		} else if (!all) {
 			fprintf(stderr, "tpsyncctl: retry-dead needs --all or dead letter ids\n");
+			json_decref(args);
 			return EXIT_USAGE;
 		}
 		if (all)
@@ -355,6 +358,7 @@ int main(int argc, char **argv)
 	}
 	if (optind < argc) {
 		fprintf(stderr, "tpsyncctl: unexpected argument \"%s\"\n", argv[optind]);
+		json_decref(args);
 		return EXIT_USAGE;
 	}
 	json_t *req = json_pack("{s:i, s:s, s:o}", "v", 1, "cmd", cmd, "args", args);

@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <stdbool.h>
+#include <string.h>
 
 static bool is_plain(unsigned char c)
 {
@@ -12,28 +13,50 @@ static bool is_plain(unsigned char c)
 	       c == '-' || c == '.' || c == '_' || c == '~';
 }
 
+/* Each byte's encoding as (length, up to three characters), built once. */
+static struct {
+	unsigned char len;
+	char text[3];
+} table[256];
+static bool table_ready;
+
+static void build_table(void)
+{
+	static const char hex[] = "0123456789ABCDEF";
+	for (int c = 0; c < 256; c++) {
+		if (is_plain((unsigned char)c)) {
+			table[c].len = 1;
+			table[c].text[0] = (char)c;
+		} else {
+			table[c].len = 3;
+			table[c].text[0] = '%';
+			table[c].text[1] = hex[c >> 4];
+			table[c].text[2] = hex[c & 15];
+		}
+	}
+	table_ready = true;
+}
+
 size_t pctenc_encoded_len(const char *src, size_t len)
 {
-	size_t n = len;
+	if (!table_ready)
+		build_table();
+	size_t n = 0;
 	for (size_t i = 0; i < len; i++)
-		if (!is_plain((unsigned char)src[i]))
-			n += 2;
+		n += table[(unsigned char)src[i]].len;
 	return n;
 }
 
 size_t pctenc_encode(const char *src, size_t len, char *dst)
 {
-	static const char hex[] = "0123456789ABCDEF";
+	if (!table_ready)
+		build_table();
 	char *out = dst;
 	for (size_t i = 0; i < len; i++) {
 		unsigned char c = (unsigned char)src[i];
-		if (is_plain(c)) {
-			*out++ = (char)c;
-		} else {
-			*out++ = '%';
-			*out++ = hex[c >> 4];
-			*out++ = hex[c & 15];
-		}
+		/* Copy three bytes always (dst has room for the worst case). */
+		memcpy(out, table[c].text, 3);
+		out += table[c].len;
 	}
 	return (size_t)(out - dst);
 }

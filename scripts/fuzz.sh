@@ -4,7 +4,7 @@
 # input in build-fuzz/crash-*; add it to tests/fuzz/corpus/NAME/ as a regression.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SECONDS_EACH=${TPSYNC_FUZZ_SECONDS:-20}
+SECONDS_EACH=${TPSYNC_FUZZ_SECONDS:-15}
 TPSYNC_WITH_CLANG=1 scripts/deps.sh
 if [ ! -d build-fuzz ]; then
   CC=clang meson setup build-fuzz -Dfuzz=true -Db_lundef=false -Dbuildtype=debugoptimized >/dev/null

@@ -100,7 +100,9 @@ static struct {
 	size_t n_faults;
 	long long calls[1000];
 	size_t n_calls;
-	long long submissions, polls, rejected_rate, auth_failures;
+	long long submissions, polls, rejected_rate, auth_failures, rows_received;
+	double busy_seconds; /* time spent handling submissions, reported apart in benchmarks */
+	bool is_quiet;       /* --no-log: keep no request log (benchmarks) */
 	unsigned long long batch_seq;
 	char host[128];
 } g;
@@ -458,7 +460,18 @@ static void on_delayed_reply(evutil_socket_t fd, short what, void *arg)
 	free(pr);
 }
 
+static void handle_submit_timed(struct evhttp_request *req, bool is_v2);
+
 static void handle_submit(struct evhttp_request *req, bool is_v2)
+{
+	struct timespec a, b;
+	clock_gettime(CLOCK_MONOTONIC, &a);
+	handle_submit_timed(req, is_v2);
+	clock_gettime(CLOCK_MONOTONIC, &b);
+	g.busy_seconds += (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) / 1e9;
+}
+
+static void handle_submit_timed(struct evhttp_request *req, bool is_v2)
 {
 	struct evbuffer *in = evhttp_request_get_input_buffer(req);
 	size_t len = evbuffer_get_length(in);
@@ -490,9 +503,14 @@ static void handle_submit(struct evhttp_request *req, bool is_v2)
 			violation("id %s sent while an earlier request carrying it is unanswered", id);
 		json_array_append_new(ids, json_string(id));
 	}
-	json_t *entry = json_pack("{s:I, s:I, s:s, s:I, s:I, s:O, s:O}", "seq", (json_int_t)g.submissions, "arrived_ms",
+	g.rows_received += (long long)json_array_size(rows);
+	json_t *entry = json_pack("{s:I, s:I, s:s, s:I, s:I}", "seq", (json_int_t)g.submissions, "arrived_ms",
 				  (json_int_t)now_ms(), "path", evhttp_request_get_uri(req), "bytes", (json_int_t)len,
-				  "rows", (json_int_t)json_array_size(rows), "ids", ids, "data", rows);
+				  "rows", (json_int_t)json_array_size(rows));
+	if (!g.is_quiet) {
+		json_object_set(entry, "ids", ids);
+		json_object_set(entry, "data", rows);
+	}
 	json_array_append(g.requests, entry);
 
 	struct queued_fault f = take_fault(false);
@@ -741,6 +759,13 @@ static void on_request(struct evhttp_request *req, void *arg)
 
 	if (strcmp(path, "/__state") == 0)
 		{ handle_state(req); return; }
+	if (strcmp(path, "/__count") == 0) {
+		/* Cheap counters for benchmarks (no profile dump). */
+		reply_json(req, 200, json_pack("{s:I, s:I, s:I, s:f}", "profiles", (json_int_t)json_object_size(g.profiles),
+					       "submissions", (json_int_t)g.submissions, "rows", (json_int_t)g.rows_received,
+					       "busy_seconds", g.busy_seconds));
+		return;
+	}
 	if (strcmp(path, "/__requests") == 0)
 		{ reply_json(req, 200, json_incref(g.requests)); return; }
 	if (strcmp(path, "/__fault") == 0 && cmd == EVHTTP_REQ_POST)
@@ -785,6 +810,7 @@ int main(int argc, char **argv)
 		{ "status-polls", required_argument, NULL, 's' },
 		{ "calls-per-minute", required_argument, NULL, 'r' },
 		{ "state-file", required_argument, NULL, 'S' },
+		{ "no-log", no_argument, NULL, 'q' },
 		{ NULL, 0, NULL, 0 },
 	};
 	int port = 0, opt;
@@ -802,6 +828,7 @@ int main(int argc, char **argv)
 		case 's': g.status_polls = atoi(optarg); break;
 		case 'r': g.calls_per_minute = atoi(optarg); break;
 		case 'S': state_file = optarg; break;
+		case 'q': g.is_quiet = true; break;
 		default:
 			fprintf(stderr, "usage: fake-target [--port N] [--port-file F] [--client C] [--token T] "
 					"[--status-polls N] [--calls-per-minute N] [--state-file F]\n");

@@ -11,7 +11,7 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	size_t n = pctenc_encoded_len((const char *)data, size);
-	char *enc = malloc(n + 1), *dec = malloc(n + 1);
+	char *enc = malloc(3 * size + 1), *dec = malloc(3 * size + 1);
 	if (!enc || !dec)
 		abort();
 	assert(pctenc_encode((const char *)data, size, enc) == n);

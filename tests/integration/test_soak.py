@@ -10,7 +10,7 @@ import time
 from checker import Feed, check
 from harness import FakeTarget, csv_text, run, target_args, wait_for, write_atomic
 
-DURATION = float(os.environ.get("TPSYNC_SOAK_SECONDS", "150"))
+DURATION = float(os.environ.get("TPSYNC_SOAK_SECONDS", "90"))
 
 
 @target_args("--state-file", "target-state.json")

@@ -9,7 +9,7 @@
 static char *enc(const char *s)
 {
 	size_t n = pctenc_encoded_len(s, strlen(s));
-	char *out = malloc(n + 1);
+	char *out = malloc(3 * strlen(s) + 1);
 	CHECK(pctenc_encode(s, strlen(s), out) == n);
 	out[n] = '\0';
 	return out;
@@ -39,7 +39,7 @@ int main(void)
 	for (int i = 0; i < 256; i++)
 		all[i] = (char)i;
 	size_t n = pctenc_encoded_len(all, sizeof(all));
-	char *out = malloc(n);
+	char *out = malloc(3 * sizeof(all));
 	pctenc_encode(all, sizeof(all), out);
 	for (size_t i = 0; i < n; i++)
 		CHECK(out[i] != ',' && out[i] != '\n' && out[i] != '&' && out[i] != '+' && out[i] != '=');
