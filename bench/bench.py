@@ -144,7 +144,7 @@ def bench_staging(args, work):
 
 class Fake:
     def __init__(self, work, *args):
-        self.port_file = os.path.join(work, "fake.port")
+        self.port_file = tempfile.mktemp(prefix="fake-", suffix=".port", dir=work)
         self.log = open(os.path.join(work, "fake.log"), "w")
         self.proc = subprocess.Popen([FAKE, "--port-file", self.port_file, "--calls-per-minute", "1000000",
                                       "--no-log", *args], stdout=self.log, stderr=subprocess.STDOUT)

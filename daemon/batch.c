@@ -206,10 +206,9 @@ int64_t batch_build(struct store *st, const struct config *cfg, int64_t max_rows
 		id = 0;
 		goto out;
 	}
-	/* One join (UPDATE ... FROM), not a subquery per row. */
-	s = store_stmt(st, "UPDATE profiles SET inflight = b.attrs, inflight_batch = ?1, pending = NULL,"
-			   " pending_seq = NULL, pending_since = NULL FROM batch_rows b"
-			   " WHERE b.batch_id = ?1 AND profiles.id = b.profile");
+	s = store_stmt(st, "UPDATE profiles SET inflight = (SELECT attrs FROM batch_rows b WHERE b.batch_id = ?1"
+			   " AND b.profile = profiles.id), inflight_batch = ?1, pending = NULL, pending_seq = NULL,"
+			   " pending_since = NULL WHERE id IN (SELECT profile FROM batch_rows WHERE batch_id = ?1)");
 	if (!s)
 		goto db_error;
 	sqlite3_bind_int64(s, 1, id);
@@ -377,18 +376,56 @@ out:
 
 int batch_accept(struct store *st, int64_t id)
 {
-	/* One join over the batch's rows; attrs_merge (store.c) lays the sent values
-	 * over the mirror. */
-	sqlite3_stmt *s = store_stmt(st, "UPDATE profiles SET accepted = attrs_merge(profiles.accepted, b.attrs),"
-					 " inflight = CASE WHEN inflight_batch = ?1 THEN NULL ELSE inflight END,"
-					 " inflight_batch = CASE WHEN inflight_batch = ?1 THEN NULL ELSE inflight_batch END"
-					 " FROM batch_rows b WHERE b.batch_id = ?1 AND profiles.id = b.profile");
-	if (!s)
+	struct attrset accepted, sent;
+	struct buf blob;
+	int r = 0;
+	attrset_init(&accepted);
+	attrset_init(&sent);
+	buf_init(&blob);
+	sqlite3_stmt *rows = store_stmt(st, "SELECT b.profile, b.attrs, p.accepted FROM batch_rows b"
+					    " JOIN profiles p ON p.id = b.profile WHERE b.batch_id = ?");
+	if (!rows)
 		return -EIO;
-	sqlite3_bind_int64(s, 1, id);
-	int rc = sqlite3_step(s);
-	sqlite3_reset(s);
-	return rc == SQLITE_DONE ? 0 : -EIO;
+	sqlite3_bind_int64(rows, 1, id);
+	while (sqlite3_step(rows) == SQLITE_ROW) {
+		attrset_clear(&accepted);
+		if (sqlite3_column_type(rows, 2) != SQLITE_NULL &&
+		    attrset_decode(&accepted, sqlite3_column_blob(rows, 2), (size_t)sqlite3_column_bytes(rows, 2)) < 0) {
+			r = -EINVAL;
+			break;
+		}
+		if (attrset_decode(&sent, sqlite3_column_blob(rows, 1), (size_t)sqlite3_column_bytes(rows, 1)) < 0) {
+			r = -EINVAL;
+			break;
+		}
+		buf_reset(&blob);
+		if (attrset_overlay(&accepted, &sent) < 0 || attrset_encode(&accepted, &blob) < 0) {
+			r = -ENOMEM;
+			break;
+		}
+		sqlite3_stmt *u = store_stmt(st, "UPDATE profiles SET accepted = ?2,"
+						 " inflight = CASE WHEN inflight_batch = ?3 THEN NULL ELSE inflight END,"
+						 " inflight_batch = CASE WHEN inflight_batch = ?3 THEN NULL ELSE inflight_batch END"
+						 " WHERE id = ?1");
+		if (!u) {
+			r = -EIO;
+			break;
+		}
+		sqlite3_bind_text(u, 1, (const char *)sqlite3_column_text(rows, 0), -1, SQLITE_STATIC);
+		sqlite3_bind_blob(u, 2, blob.data, (int)blob.len, SQLITE_STATIC);
+		sqlite3_bind_int64(u, 3, id);
+		int rc = sqlite3_step(u);
+		sqlite3_reset(u);
+		if (rc != SQLITE_DONE) {
+			r = -EIO;
+			break;
+		}
+	}
+	sqlite3_reset(rows);
+	attrset_finish(&accepted);
+	attrset_finish(&sent);
+	buf_finish(&blob);
+	return r;
 }
 
 static int release_profiles(struct store *st, int64_t id)

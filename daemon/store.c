@@ -11,7 +11,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "attrset.h"
 #include "log.h"
 
 extern const char *const schema_migrations[];
@@ -150,36 +149,6 @@ const char *store_attr_name(const struct store *st, uint32_t id)
 	return id < st->n_attr_names ? st->attr_names[id] : NULL;
 }
 
-/* SQL function attrs_merge(base, over): the attribute set base with every entry
- * of over laid on top (NULL base: over). Lets acceptance update the mirror in one
- * statement. */
-static void sql_attrs_merge(sqlite3_context *ctx, int argc, sqlite3_value **argv)
-{
-	struct attrset base, over;
-	struct buf out;
-	attrset_init(&base);
-	attrset_init(&over);
-	buf_init(&out);
-	int r = 0;
-	if (sqlite3_value_type(argv[0]) != SQLITE_NULL)
-		r = attrset_decode(&base, sqlite3_value_blob(argv[0]), (size_t)sqlite3_value_bytes(argv[0]));
-	if (r == 0 && sqlite3_value_type(argv[1]) != SQLITE_NULL)
-		r = attrset_decode(&over, sqlite3_value_blob(argv[1]), (size_t)sqlite3_value_bytes(argv[1]));
-	if (r == 0)
-		r = attrset_overlay(&base, &over);
-	if (r == 0)
-		r = attrset_encode(&base, &out);
-	if (r == -ENOMEM)
-		sqlite3_result_error_nomem(ctx);
-	else if (r < 0)
-		sqlite3_result_error(ctx, "attrs_merge: corrupt attribute set", -1);
-	else
-		sqlite3_result_blob(ctx, out.data ? out.data : "", (int)out.len, SQLITE_TRANSIENT);
-	attrset_finish(&base);
-	attrset_finish(&over);
-	buf_finish(&out);
-}
-
 static int migrate(struct store *st, char *err, size_t err_size)
 {
 	int64_t version = store_query_int(st, "PRAGMA user_version", 0);
@@ -261,11 +230,6 @@ struct store *store_create(const char *path, char *err, size_t err_size)
 		goto fail;
 	}
 	free(mode);
-	if (sqlite3_create_function(st->db, "attrs_merge", 2, SQLITE_UTF8 | SQLITE_DETERMINISTIC | SQLITE_INNOCUOUS,
-				    NULL, sql_attrs_merge, NULL, NULL) != SQLITE_OK) {
-		snprintf(err, err_size, "cannot register attrs_merge: %s", sqlite3_errmsg(st->db));
-		goto fail;
-	}
 	if (migrate(st, err, err_size) < 0)
 		goto fail;
 	if (load_attr_names(st) < 0) {
