@@ -27,7 +27,7 @@ struct key_desc {
 
 static const char *const id_types[] = { "thirdPartyId", "pcId", NULL };
 static const char *const rows_modes[] = { "full_profile", "changed_only", NULL };
-static const char *const source_types[] = { "spool", "snapshot", NULL };
+static const char *const source_types[] = { "spool", "snapshot", "sqlite", NULL };
 static const char *const after_actions[] = { "archive", "delete", NULL };
 static const char *const mutating_policies[] = { "owner", "group", NULL };
 
@@ -98,6 +98,9 @@ static const struct key_desc source_keys[] = {
 	{ .name = "after", .type = K_ENUM, .offset = S(after), .def = "archive", .choices = after_actions },
 	{ .name = "delimiter", .type = K_DELIM, .offset = S(delimiter), .def = "," },
 	{ .name = "strict", .type = K_BOOL, .offset = S(strict), .def = "false" },
+	{ .name = "query", .type = K_STRING, .offset = S(query) },
+	{ .name = "cursor_column", .type = K_STRING, .offset = S(cursor_column) },
+	{ .name = "poll", .type = K_DURATION, .offset = S(poll_ms), .min = 100, .max = DAY, .def = "30s" },
 	{ .name = NULL }
 };
 
@@ -415,6 +418,17 @@ static int load_sources(struct loader *l, struct config *cfg, yaml_node_t *n)
 				report(l, &item->start_mark, "%s: duplicate source name \"%s\"", where, src->name);
 		if (src->id_column && !*src->id_column)
 			report(l, &item->start_mark, "%s: id_column must not be empty", where);
+		if (src->type == SOURCE_SQLITE) {
+			if (!src->query || !src->cursor_column)
+				report(l, &item->start_mark, "%s: a sqlite source needs query and cursor_column", where);
+			else if (!strstr(src->query, ":cursor"))
+				report(l, &item->start_mark, "%s: query must use the :cursor parameter", where);
+			else if (strstr(src->query, "> :cursor"))
+				warn(l, &item->start_mark, "%s: use \">= :cursor\": rows that share the last cursor value "
+							    "but were committed later would be missed with \">\"", where);
+		} else if (src->query || src->cursor_column) {
+			report(l, &item->start_mark, "%s: query and cursor_column belong to database sources", where);
+		}
 		for (size_t j = 0; j < src->n_exclude && src->id_column; j++)
 			if (src->exclude[j] && strcmp(src->exclude[j], src->id_column) == 0)
 				report(l, &item->start_mark, "%s: id_column \"%s\" cannot be excluded", where,
@@ -607,6 +621,8 @@ static void free_source(struct source_config *s)
 	for (size_t i = 0; i < s->n_exclude; i++)
 		free(s->exclude[i]);
 	free(s->exclude);
+	free(s->query);
+	free(s->cursor_column);
 }
 
 void config_destroy(struct config *cfg)

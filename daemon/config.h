@@ -14,7 +14,7 @@
 
 enum id_type { ID_THIRD_PARTY, ID_PC };
 enum rows_mode { ROWS_FULL_PROFILE, ROWS_CHANGED_ONLY };
-enum source_type { SOURCE_SPOOL, SOURCE_SNAPSHOT };
+enum source_type { SOURCE_SPOOL, SOURCE_SNAPSHOT, SOURCE_SQLITE };
 enum after_action { AFTER_ARCHIVE, AFTER_DELETE };
 enum mutating_policy { MUTATING_OWNER, MUTATING_GROUP };
 
@@ -35,6 +35,10 @@ struct source_config {
 	enum after_action after;
 	char delimiter;
 	bool strict;
+	/* database sources */
+	char *query;          /* with a :cursor parameter */
+	char *cursor_column;
+	int64_t poll_ms;
 };
 
 struct config {

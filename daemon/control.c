@@ -68,7 +68,7 @@ static json_t *source_json(struct source *s)
 {
 	struct source_stats *st = &s->stats;
 	json_t *o = json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I}", "name", s->cfg->name, "type",
-			      s->cfg->type == SOURCE_SPOOL ? "spool" : "snapshot", "path", s->cfg->path, "files",
+			      s->cfg->type == SOURCE_SPOOL ? "spool" : s->cfg->type == SOURCE_SNAPSHOT ? "snapshot" : "sqlite", "path", s->cfg->path, "files",
 			      (json_int_t)st->files, "files_failed", (json_int_t)st->files_failed, "rows_read",
 			      (json_int_t)st->rows_read, "rows_staged", (json_int_t)st->rows_staged, "rows_rejected",
 			      (json_int_t)st->rows_rejected, "last_file_at", (json_int_t)st->last_file_at);
@@ -247,7 +247,7 @@ static json_t *cmd_rescan(struct control *c, json_t *args)
 		struct source *s = c->d->sources[i];
 		if (name && strcmp(name, s->cfg->name) != 0)
 			continue;
-		if (source_scan(s) < 0)
+		if (source_rescan(s) < 0)
 			return error_reply("cannot scan source %s: %s", s->cfg->name, s->stats.last_error);
 		n++;
 	}

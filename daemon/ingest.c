@@ -236,7 +236,7 @@ static void dispose_file(struct ingest *ig, struct job *j)
 		log_err("msg=\"cannot archive file\" file=\"%s\" error=\"%s\"", j->req.path, strerror(-r));
 }
 
-static bool valid_attr_name(const char *s, size_t len)
+bool attr_name_valid(const char *s, size_t len)
 {
 	if (len == 0 || len > 128)
 		return false;
@@ -283,7 +283,7 @@ static int map_header(struct ingest *ig, struct job *j, const struct csv_record 
 		for (size_t m = 0; m < src->n_columns; m++)
 			if (strcmp(src->columns[m].from, col) == 0)
 				attr = src->columns[m].to;
-		if (!valid_attr_name(attr, strlen(attr))) {
+		if (!attr_name_valid(attr, strlen(attr))) {
 			snprintf(reason, size,
 				 "header: column %zu \"%.64s\" is not a valid attribute name (letters, digits, "
 				 "'_', '-', '.'); rename it with columns: or exclude it",

@@ -41,6 +41,10 @@ struct ingest_request {
 	void *done_arg;
 };
 
+/* True when name is a plain Target parameter name (letters, digits, '_', '-',
+ * '.', at most 128 bytes). */
+bool attr_name_valid(const char *name, size_t len);
+
 /* Creates the ingestion queue on d's loop. Returns NULL on ENOMEM. */
 struct ingest *ingest_create(struct daemon *d);
 /* Drops queued files (they stay in place and are found again at the next start)

@@ -16,7 +16,8 @@ int source_create(struct daemon *d, const struct source_config *cfg, struct sour
 	s->d = d;
 	s->cfg = cfg;
 	s->inotify_fd = -1;
-	int r = cfg->type == SOURCE_SPOOL ? spool_watch(s) : snapshot_watch(s);
+	int r = cfg->type == SOURCE_SPOOL ? spool_watch(s) : cfg->type == SOURCE_SNAPSHOT ? snapshot_watch(s)
+									   : sqlite_source_watch(s);
 	if (r < 0) {
 		source_destroy(s);
 		return r;
@@ -29,6 +30,7 @@ void source_destroy(struct source *s)
 {
 	if (!s)
 		return;
+	sqlite_source_close(s);
 	if (s->ev)
 		event_free(s->ev);
 	if (s->inotify_fd >= 0)
@@ -38,5 +40,17 @@ void source_destroy(struct source *s)
 
 int source_scan(struct source *s)
 {
-	return s->cfg->type == SOURCE_SPOOL ? spool_scan(s) : snapshot_scan(s);
+	switch (s->cfg->type) {
+	case SOURCE_SPOOL:
+		return spool_scan(s);
+	case SOURCE_SNAPSHOT:
+		return snapshot_scan(s);
+	default:
+		return sqlite_source_scan(s, false);
+	}
+}
+
+int source_rescan(struct source *s)
+{
+	return s->cfg->type == SOURCE_SQLITE ? sqlite_source_scan(s, true) : source_scan(s);
 }

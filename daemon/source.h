@@ -13,6 +13,7 @@ struct source {
 	struct source_stats stats;
 	int inotify_fd;
 	struct event *ev;
+	struct sqlite_source *sqlite; /* type: sqlite */
 };
 
 /* Creates the source for cfg and starts watching (the watch is set up before the
@@ -21,14 +22,21 @@ struct source {
 int source_create(struct daemon *d, const struct source_config *cfg, struct source **out);
 void source_destroy(struct source *s);
 
-/* Queues every complete file the source has now (start-up, rescan). Returns 0 or a
- * negative errno. */
+/* Queues every complete file the source has now, or reads what changed in a
+ * database (start-up). Returns 0 or a negative errno. */
 int source_scan(struct source *s);
+/* tpsyncctl rescan: like source_scan, but a database source re-reads its whole
+ * result (diffed against the mirror, so unchanged rows send nothing). */
+int source_rescan(struct source *s);
 
 /* source_spool.c / source_snapshot.c */
 int spool_watch(struct source *s);
 int spool_scan(struct source *s);
 int snapshot_watch(struct source *s);
 int snapshot_scan(struct source *s);
+/* source_sqlite.c: scan reads what changed; rescan re-reads everything. */
+int sqlite_source_watch(struct source *s);
+int sqlite_source_scan(struct source *s, bool from_start);
+void sqlite_source_close(struct source *s);
 
 #endif

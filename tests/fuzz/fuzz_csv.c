@@ -9,6 +9,8 @@
 
 #include "csv.h"
 
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	char path[] = "/tmp/tpsync-fuzz-csv-XXXXXX";

@@ -8,6 +8,8 @@
 
 #include "pctenc.h"
 
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	size_t n = pctenc_encoded_len((const char *)data, size);
