@@ -922,9 +922,12 @@ static int64_t run_echoes(struct sender *s, int64_t now)
 	}
 	if (n)
 		log_info("msg=\"resending latest values after unanswered requests\" profiles=%d", n);
-	/* Echoes of profiles still in flight wait for that request's answer. */
-	next = store_query_int(st, "SELECT min(due_at) FROM echoes", 0);
-	return next > now ? next : 0;
+	/* Echoes of profiles still in flight wait for that request's answer (its
+	 * completion kicks the sender); others due now were beyond this round's limit
+	 * and are taken at once. */
+	next = store_query_int(st, "SELECT min(e.due_at) FROM echoes e JOIN profiles p ON p.id = e.profile"
+				   " WHERE p.inflight_batch IS NULL", 0);
+	return next ? (next > now ? next : now + 1) : 0;
 }
 
 /* Dead-letters ready batches older than retry.give_up_after. */
