@@ -642,7 +642,7 @@ int batch_requeue_stuck(struct store *st, struct stage *sg, int64_t id)
 		if (attrset_decode(&changed, sqlite3_column_blob(rows, 1), (size_t)sqlite3_column_bytes(rows, 1)) < 0)
 			r = -EINVAL;
 		else
-			r = stage_refresh(sg, (const char *)sqlite3_column_text(rows, 0), &changed, "requeue");
+			r = stage_refresh(sg, (const char *)sqlite3_column_text(rows, 0), &changed);
 	}
 	sqlite3_reset(rows);
 	attrset_finish(&changed);

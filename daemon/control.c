@@ -216,7 +216,7 @@ static json_t *cmd_retry_dead(struct control *c, json_t *args)
 		}
 		attrset_clear(&one);
 		attrset_put(&one, (uint32_t)aid, (const char *)sqlite3_column_text(q, 3), (uint32_t)sqlite3_column_bytes(q, 3));
-		r = stage_restore(&sg, (const char *)sqlite3_column_text(q, 1), &one, "retry-dead");
+		r = stage_restore(&sg, (const char *)sqlite3_column_text(q, 1), &one);
 		sqlite3_reset(del);
 		sqlite3_bind_int64(del, 1, id);
 		if (r == 0 && sqlite3_step(del) != SQLITE_DONE)

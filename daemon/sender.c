@@ -906,7 +906,7 @@ static int64_t run_echoes(struct sender *s, int64_t now)
 		if (sqlite3_column_type(q, 1) != SQLITE_NULL &&
 		    attrset_decode(&ids, sqlite3_column_blob(q, 1), (size_t)sqlite3_column_bytes(q, 1)) < 0)
 			attrset_clear(&ids);
-		r = stage_refresh(&s->sg, profile, &ids, "echo");
+		r = stage_refresh(&s->sg, profile, &ids);
 		sqlite3_reset(del);
 		sqlite3_bind_text(del, 1, profile, -1, SQLITE_STATIC);
 		if (r == 0 && sqlite3_step(del) != SQLITE_DONE)

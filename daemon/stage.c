@@ -191,8 +191,7 @@ reset:
 	return r;
 }
 
-static int merge_missing(struct stage *sg, const char *profile, const struct attrset *attrs,
-			 const char *source, bool latest)
+static int merge_missing(struct stage *sg, const char *profile, const struct attrset *attrs, bool latest)
 {
 	sqlite3_stmt *s;
 	size_t len = strlen(profile);
@@ -225,19 +224,18 @@ static int merge_missing(struct stage *sg, const char *profile, const struct att
 	if (r < 0)
 		return r;
 	/* Re-sent values do not change which source the profile belongs to. */
-	(void)source;
 	return store_pending(sg, profile, len, exists == 1, NULL);
 reset:
 	sqlite3_reset(s);
 	return exists < 0 ? exists : r;
 }
 
-int stage_refresh(struct stage *sg, const char *profile, const struct attrset *ids, const char *source)
+int stage_refresh(struct stage *sg, const char *profile, const struct attrset *ids)
 {
-	return merge_missing(sg, profile, ids, source, true);
+	return merge_missing(sg, profile, ids, true);
 }
 
-int stage_restore(struct stage *sg, const char *profile, const struct attrset *values, const char *source)
+int stage_restore(struct stage *sg, const char *profile, const struct attrset *values)
 {
-	return merge_missing(sg, profile, values, source, false);
+	return merge_missing(sg, profile, values, false);
 }

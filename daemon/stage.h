@@ -38,11 +38,12 @@ int stage_profile(struct stage *sg, const char *profile, size_t profile_len,
 /* Makes sure the latest values of the attributes in ids (their values are
  * ignored) go to Target again: each one not already pending is staged with its
  * in-flight value if any, else its accepted value. Used after a request whose
- * answer never came, and for stuck batches. Returns 0 or a negative errno. */
-int stage_refresh(struct stage *sg, const char *profile, const struct attrset *ids, const char *source);
+ * answer never came, and for stuck batches. The profile's source stays as it
+ * was. Returns 0 or a negative errno. */
+int stage_refresh(struct stage *sg, const char *profile, const struct attrset *ids);
 
 /* Stages values for attributes that are not already pending (a pending value is
  * newer and wins). Used to re-queue dead letters. Returns 0 or a negative errno. */
-int stage_restore(struct stage *sg, const char *profile, const struct attrset *values, const char *source);
+int stage_restore(struct stage *sg, const char *profile, const struct attrset *values);
 
 #endif

@@ -95,14 +95,14 @@ int main(void)
 	/* stage_refresh re-stages the latest values (in flight, else accepted). */
 	set_of(st, &in, (const char *[]){ "tier=", "city=", NULL });
 	store_begin(st);
-	CHECK(stage_refresh(&sg, "p2", &in, "test") == 0);
+	CHECK(stage_refresh(&sg, "p2", &in) == 0);
 	store_commit(st);
 	CHECK_STR(pending("p2", "tier"), "bronze");
 	CHECK_STR(pending("p2", "city"), "Utrecht");
 	/* stage_restore never overwrites a newer pending value. */
 	set_of(st, &in, (const char *[]){ "tier=old", "zip=1234", NULL });
 	store_begin(st);
-	CHECK(stage_restore(&sg, "p2", &in, "test") == 0);
+	CHECK(stage_restore(&sg, "p2", &in) == 0);
 	store_commit(st);
 	CHECK_STR(pending("p2", "tier"), "bronze");
 	CHECK_STR(pending("p2", "zip"), "1234");
