@@ -360,7 +360,15 @@ static int add_echoes(struct sender *s, int64_t id)
 	return rc == SQLITE_DONE ? 0 : -EIO;
 }
 
-/* Puts batch id back to "ready" after a failed attempt. */
+/* Logs and shows in status that batch id became dead letters. */
+static void report_dead(struct sender *s, int64_t id, const char *reason)
+{
+	log_err("msg=\"batch dead-lettered\" batch=%lld reason=\"%s\"", (long long)id, reason);
+	note_error(s, "batch %lld dead-lettered: %s", (long long)id, reason);
+}
+
+/* Puts batch id back to "ready" after a failed attempt, or dead-letters it when
+ * it has no tries or time left. */
 static void retry_batch(struct sender *s, int64_t id, long http, const char *why, int64_t retry_after_ms,
 			bool is_uncertain, bool counts_failure)
 {
@@ -379,28 +387,22 @@ static void retry_batch(struct sender *s, int64_t id, long http, const char *why
 		failures = sqlite3_column_int64(q, 2);
 	}
 	sqlite3_reset(q);
+	/* Out of tries (success=false too often) or out of time: a dead letter. */
+	char reason[600] = "";
+	if (counts_failure)
+		failures++;
+	if (counts_failure && failures >= cfg->retry.max_failures)
+		snprintf(reason, sizeof(reason), "Target rejected the batch %lld times: %s", (long long)failures, why);
+	else if (now - created > cfg->retry.give_up_after_ms)
+		snprintf(reason, sizeof(reason), "not delivered within retry.give_up_after; last error: %s", why);
 	if (store_begin(st) < 0)
 		{ db_failed(s, "retry"); return; }
 	if (is_uncertain && add_echoes(s, id) < 0)
 		{ db_failed(s, "retry"); return; }
-	if (counts_failure)
-		failures++;
-	if (counts_failure && failures >= cfg->retry.max_failures) {
-		char reason[600];
-		snprintf(reason, sizeof(reason), "Target rejected the batch %lld times: %s", (long long)failures, why);
+	if (reason[0]) {
 		if (batch_kill(st, id, reason, why) < 0 || store_commit(st) < 0)
 			{ db_failed(s, "dead-letter"); return; }
-		log_err("msg=\"batch dead-lettered\" batch=%lld reason=\"%s\"", (long long)id, reason);
-		note_error(s, "batch %lld dead-lettered: %s", (long long)id, reason);
-		return;
-	}
-	if (now - created > cfg->retry.give_up_after_ms) {
-		char reason[600];
-		snprintf(reason, sizeof(reason), "not delivered within retry.give_up_after; last error: %s", why);
-		if (batch_kill(st, id, reason, why) < 0 || store_commit(st) < 0)
-			{ db_failed(s, "dead-letter"); return; }
-		log_err("msg=\"batch dead-lettered\" batch=%lld reason=\"%s\"", (long long)id, reason);
-		note_error(s, "batch %lld dead-lettered: %s", (long long)id, reason);
+		report_dead(s, id, reason);
 		return;
 	}
 	int64_t delay = backoff_delay(cfg->retry.initial_ms, cfg->retry.max_ms, (unsigned)(attempts > 0 ? attempts : 1),
@@ -456,8 +458,7 @@ static void kill_batch(struct sender *s, int64_t id, const char *reason, const c
 	struct store *st = s->d->st;
 	if (store_begin(st) < 0 || batch_kill(st, id, reason, answer) < 0 || store_commit(st) < 0)
 		{ db_failed(s, "dead-letter"); return; }
-	log_err("msg=\"batch dead-lettered\" batch=%lld reason=\"%s\"", (long long)id, reason);
-	note_error(s, "batch %lld dead-lettered: %s", (long long)id, reason);
+	report_dead(s, id, reason);
 }
 
 static void accept_batch(struct sender *s, int64_t id, const struct target_answer *a)

@@ -3,7 +3,10 @@
 #include "source.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/inotify.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -53,4 +56,24 @@ int source_scan(struct source *s)
 int source_rescan(struct source *s)
 {
 	return s->cfg->type == SOURCE_SQLITE ? sqlite_source_scan(s, true) : source_scan(s);
+}
+
+void source_read_events(struct source *s, void (*handle)(struct source *s, const struct inotify_event *ev, void *arg),
+			void *arg)
+{
+	char events[16 * (sizeof(struct inotify_event) + NAME_MAX + 1)]
+		__attribute__((aligned(__alignof__(struct inotify_event))));
+	for (;;) {
+		ssize_t n = read(s->inotify_fd, events, sizeof(events));
+		if (n <= 0) {
+			if (n < 0 && errno != EAGAIN && errno != EINTR)
+				log_err("msg=\"inotify read failed\" source=%s error=\"%s\"", s->cfg->name, strerror(errno));
+			return;
+		}
+		for (char *p = events; p < events + n;) {
+			const struct inotify_event *ev = (const struct inotify_event *)p;
+			p += sizeof(*ev) + ev->len;
+			handle(s, ev, arg);
+		}
+	}
 }

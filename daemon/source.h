@@ -29,6 +29,13 @@ int source_scan(struct source *s);
  * result (diffed against the mirror, so unchanged rows send nothing). */
 int source_rescan(struct source *s);
 
+struct inotify_event;
+
+/* Reads every pending event on s->inotify_fd and calls handle for each (read
+ * errors other than "nothing more" are logged once here), passing arg along. */
+void source_read_events(struct source *s, void (*handle)(struct source *s, const struct inotify_event *ev, void *arg),
+			void *arg);
+
 /* source_spool.c / source_snapshot.c */
 int spool_watch(struct source *s);
 int spool_scan(struct source *s);

@@ -43,29 +43,18 @@ int snapshot_scan(struct source *s)
 	return ingest_enqueue(s->d->ingest, &req);
 }
 
+static void on_event(struct source *s, const struct inotify_event *ev, void *arg)
+{
+	if ((ev->mask & IN_Q_OVERFLOW) || (ev->len && strcmp(ev->name, file_name(s)) == 0))
+		*(bool *)arg = true;
+}
+
 static void on_inotify(evutil_socket_t fd, short what, void *arg)
 {
 	struct source *s = arg;
-	char events[16 * (sizeof(struct inotify_event) + NAME_MAX + 1)]
-		__attribute__((aligned(__alignof__(struct inotify_event))));
-	bool changed = false;
-	for (;;) {
-		ssize_t n = read(fd, events, sizeof(events));
-		if (n < 0) {
-			if (errno != EAGAIN && errno != EINTR)
-				log_err("msg=\"inotify read failed\" source=%s error=\"%s\"", s->cfg->name, strerror(errno));
-			break;
-		}
-		for (char *p = events; p < events + n;) {
-			struct inotify_event *ev = (struct inotify_event *)p;
-			p += sizeof(*ev) + ev->len;
-			if (ev->mask & IN_Q_OVERFLOW)
-				changed = true;
-			else if (ev->len && strcmp(ev->name, file_name(s)) == 0)
-				changed = true;
-		}
-	}
-	if (changed && snapshot_scan(s) < 0)
+	bool is_changed = false;
+	source_read_events(s, on_event, &is_changed);
+	if (is_changed && snapshot_scan(s) < 0)
 		log_err("msg=\"cannot queue snapshot\" source=%s", s->cfg->name);
 }
 

@@ -98,38 +98,23 @@ int spool_scan(struct source *s)
 	return r;
 }
 
+static void on_event(struct source *s, const struct inotify_event *ev, void *arg)
+{
+	if (ev->mask & IN_Q_OVERFLOW) {
+		log_warn("msg=\"inotify queue overflowed; rescanning\" source=%s", s->cfg->name);
+		spool_scan(s);
+	} else if (ev->mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED)) {
+		log_err("msg=\"spool directory went away\" source=%s path=\"%s\"", s->cfg->name, s->cfg->path);
+		snprintf(s->stats.last_error, sizeof(s->stats.last_error),
+			 "spool directory went away; rescan or reload after recreating it");
+	} else if (ev->len && is_candidate(ev->name) && !(ev->mask & IN_ISDIR) && queue_file(s, ev->name) < 0) {
+		log_err("msg=\"cannot queue file\" source=%s file=\"%s\"", s->cfg->name, ev->name);
+	}
+}
+
 static void on_inotify(evutil_socket_t fd, short what, void *arg)
 {
-	struct source *s = arg;
-	char events[16 * (sizeof(struct inotify_event) + NAME_MAX + 1)]
-		__attribute__((aligned(__alignof__(struct inotify_event))));
-	for (;;) {
-		ssize_t n = read(fd, events, sizeof(events));
-		if (n < 0) {
-			if (errno != EAGAIN && errno != EINTR)
-				log_err("msg=\"inotify read failed\" source=%s error=\"%s\"", s->cfg->name, strerror(errno));
-			return;
-		}
-		for (char *p = events; p < events + n;) {
-			struct inotify_event *ev = (struct inotify_event *)p;
-			p += sizeof(*ev) + ev->len;
-			if (ev->mask & IN_Q_OVERFLOW) {
-				log_warn("msg=\"inotify queue overflowed; rescanning\" source=%s", s->cfg->name);
-				spool_scan(s);
-				continue;
-			}
-			if (ev->mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED)) {
-				log_err("msg=\"spool directory went away\" source=%s path=\"%s\"", s->cfg->name,
-					s->cfg->path);
-				snprintf(s->stats.last_error, sizeof(s->stats.last_error),
-					 "spool directory went away; rescan or reload after recreating it");
-				continue;
-			}
-			if (ev->len && is_candidate(ev->name) && !(ev->mask & IN_ISDIR) &&
-			    queue_file(s, ev->name) < 0)
-				log_err("msg=\"cannot queue file\" source=%s file=\"%s\"", s->cfg->name, ev->name);
-		}
-	}
+	source_read_events(arg, on_event, NULL);
 }
 
 int spool_watch(struct source *s)

@@ -362,27 +362,18 @@ static void on_read(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
+static void on_event(struct source *s, const struct inotify_event *ev, void *arg)
+{
+	size_t bl = strlen(s->sqlite->base);
+	/* The database, its WAL or its journal changed: read soon (debounced). */
+	if (ev->len && strncmp(ev->name, s->sqlite->base, bl) == 0 &&
+	    (ev->name[bl] == '\0' || strcmp(ev->name + bl, "-wal") == 0 || strcmp(ev->name + bl, "-journal") == 0))
+		schedule(s, SQLITE_DEBOUNCE_MS);
+}
+
 static void on_inotify(evutil_socket_t fd, short what, void *arg)
 {
-	struct source *s = arg;
-	char events[8 * (sizeof(struct inotify_event) + NAME_MAX + 1)]
-		__attribute__((aligned(__alignof__(struct inotify_event))));
-	bool changed = false;
-	for (;;) {
-		ssize_t n = read(fd, events, sizeof(events));
-		if (n <= 0)
-			break;
-		for (char *p = events; p < events + n;) {
-			struct inotify_event *ev = (struct inotify_event *)p;
-			p += sizeof(*ev) + ev->len;
-			size_t bl = strlen(s->sqlite->base);
-			if (ev->len && strncmp(ev->name, s->sqlite->base, bl) == 0 &&
-			    (ev->name[bl] == '\0' || strcmp(ev->name + bl, "-wal") == 0 || strcmp(ev->name + bl, "-journal") == 0))
-				changed = true;
-		}
-	}
-	if (changed)
-		schedule(s, SQLITE_DEBOUNCE_MS);
+	source_read_events(arg, on_event, NULL);
 }
 
 static void on_poll(evutil_socket_t fd, short what, void *arg)
