@@ -249,6 +249,21 @@ bool attr_name_valid(const char *s, size_t len)
 	return true;
 }
 
+const char *profile_id_problem(const char *id, size_t len)
+{
+	if (!id || len == 0)
+		return "empty id";
+	if (len > MAX_ID_LEN)
+		return "id longer than 128 bytes";
+	for (size_t i = 0; i < len; i++) {
+		if (id[i] == '+' || id[i] == '/')
+			return "id contains '+' or '/', which Target does not accept";
+		if ((unsigned char)id[i] < 0x20 || id[i] == 0x7f)
+			return "id contains a control character";
+	}
+	return NULL;
+}
+
 /* Maps the header row to attribute ids. Returns 0, or -EINVAL with why in reason. */
 static int map_header(struct ingest *ig, struct job *j, const struct csv_record *h, char *reason, size_t size)
 {
@@ -320,18 +335,9 @@ static const char *check_row(struct ingest *ig, struct job *j, const struct csv_
 		snprintf(why, sizeof(why), "row has %zu fields, the header has %zu", rec->n_fields, j->n_cols);
 		return why;
 	}
-	const char *id = rec->fields[j->id_col];
-	size_t id_len = rec->lens[j->id_col];
-	if (id_len == 0)
-		return "empty id";
-	if (id_len > MAX_ID_LEN)
-		return "id longer than 128 bytes";
-	for (size_t i = 0; i < id_len; i++) {
-		if (id[i] == '+' || id[i] == '/')
-			return "id contains '+' or '/', which Target does not accept";
-		if ((unsigned char)id[i] < 0x20 || id[i] == 0x7f)
-			return "id contains a control character";
-	}
+	const char *bad_id = profile_id_problem(rec->fields[j->id_col], rec->lens[j->id_col]);
+	if (bad_id)
+		return bad_id;
 	attrset_clear(&ig->incoming);
 	for (size_t c = 0; c < rec->n_fields; c++) {
 		if (!j->col_attr[c] || rec->lens[c] == 0)

@@ -44,6 +44,9 @@ struct ingest_request {
 /* True when name is a plain Target parameter name (letters, digits, '_', '-',
  * '.', at most 128 bytes). */
 bool attr_name_valid(const char *name, size_t len);
+/* Why Target would not accept id as a profile id (empty, over 128 bytes, '+',
+ * '/' or a control character), or NULL when it is fine. */
+const char *profile_id_problem(const char *id, size_t len);
 
 /* Creates the ingestion queue on d's loop. Returns NULL on ENOMEM. */
 struct ingest *ingest_create(struct daemon *d);

@@ -24,11 +24,8 @@
 #include <sys/inotify.h>
 #include <unistd.h>
 
-#include "attrset.h"
-#include "crash.h"
 #include "csv.h"
 #include "log.h"
-#include "stage.h"
 
 #define SQLITE_SLICE_ROWS 2000
 #define SQLITE_RETRY_MS 200
@@ -37,13 +34,10 @@
 struct sqlite_source {
 	sqlite3 *db;
 	sqlite3_stmt *q;
-	int id_col, cursor_col, n_cols;
-	uint32_t *col_attr;     /* attribute id per result column; 0: not sent */
+	struct db_mapping map;
 	size_t *offs, *lens;    /* the current row's values in `values`, per sent column */
 	int *cols;
 	struct event *poll, *soon;
-	struct stage sg;
-	struct attrset incoming;
 	struct buf values;      /* formatted numbers of the current row */
 	sqlite3_value *cursor;  /* where reading continues (NULL: from the start) */
 	sqlite3_value *last_id;
@@ -58,23 +52,13 @@ static void schedule(struct source *s, int64_t ms)
 		log_err("msg=\"cannot arm timer\" source=%s", s->cfg->name);
 }
 
-static void note(struct source *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void note(struct source *s, const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(s->stats.last_error, sizeof(s->stats.last_error), fmt, ap);
-	va_end(ap);
-}
-
 /* Loads (cursor, last_id) from the state database. */
 static int load_position(struct source *s)
 {
 	struct sqlite_source *x = s->sqlite;
-	sqlite3_stmt *q = store_stmt(s->d->st, "SELECT cursor, last_id FROM source_state WHERE source = ?");
+	sqlite3_stmt *q = db_position_load(s);
 	if (!q)
 		return -EIO;
-	sqlite3_bind_text(q, 1, s->cfg->name, -1, SQLITE_STATIC);
 	sqlite3_value_free(x->cursor);
 	sqlite3_value_free(x->last_id);
 	x->cursor = x->last_id = NULL;
@@ -86,12 +70,17 @@ static int load_position(struct source *s)
 	return 0;
 }
 
+static const char *column_name(void *q, int c)
+{
+	return sqlite3_column_name(q, c);
+}
+
 static int open_db(struct source *s)
 {
 	struct sqlite_source *x = s->sqlite;
 	char *sql = NULL;
 	if (sqlite3_open_v2(s->cfg->path, &x->db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK) {
-		note(s, "cannot open %s: %s", s->cfg->path, x->db ? sqlite3_errmsg(x->db) : "out of memory");
+		db_note(s, "cannot open %s: %s", s->cfg->path, x->db ? sqlite3_errmsg(x->db) : "out of memory");
 		goto fail;
 	}
 	/* Rows after (cursor, id) in that order; NULL cursor: from the beginning. */
@@ -101,58 +90,25 @@ static int open_db(struct source *s)
 		     s->cfg->query, s->cfg->cursor_column, s->cfg->cursor_column, s->cfg->id_column,
 		     s->cfg->cursor_column, s->cfg->id_column, SQLITE_SLICE_ROWS) < 0) {
 		sql = NULL;
-		note(s, "out of memory");
+		db_note(s, "out of memory");
 		goto fail;
 	}
 	if (sqlite3_prepare_v2(x->db, sql, -1, &x->q, NULL) != SQLITE_OK) {
-		note(s, "query: %s", sqlite3_errmsg(x->db));
+		db_note(s, "query: %s", sqlite3_errmsg(x->db));
 		goto fail;
 	}
 	free(sql);
 	sql = NULL;
-	x->n_cols = sqlite3_column_count(x->q);
-	x->col_attr = calloc((size_t)x->n_cols + 1, sizeof(*x->col_attr));
-	x->offs = calloc((size_t)x->n_cols + 1, sizeof(*x->offs));
-	x->lens = calloc((size_t)x->n_cols + 1, sizeof(*x->lens));
-	x->cols = calloc((size_t)x->n_cols + 1, sizeof(*x->cols));
-	if (!x->col_attr || !x->offs || !x->lens || !x->cols) {
-		note(s, "out of memory");
+	int n = sqlite3_column_count(x->q);
+	x->offs = calloc((size_t)n + 1, sizeof(*x->offs));
+	x->lens = calloc((size_t)n + 1, sizeof(*x->lens));
+	x->cols = calloc((size_t)n + 1, sizeof(*x->cols));
+	if (!x->offs || !x->lens || !x->cols) {
+		db_note(s, "out of memory");
 		goto fail;
 	}
-	x->id_col = x->cursor_col = -1;
-	for (int c = 0; c < x->n_cols; c++) {
-		const char *col = sqlite3_column_name(x->q, c);
-		if (strcmp(col, s->cfg->id_column) == 0)
-			x->id_col = c;
-		if (strcmp(col, s->cfg->cursor_column) == 0)
-			x->cursor_col = c;
-		if (c == x->id_col)
-			continue;
-		bool excluded = false;
-		for (size_t e = 0; e < s->cfg->n_exclude; e++)
-			if (strcmp(s->cfg->exclude[e], col) == 0)
-				excluded = true;
-		if (excluded)
-			continue;
-		const char *attr = col;
-		for (size_t m = 0; m < s->cfg->n_columns; m++)
-			if (strcmp(s->cfg->columns[m].from, col) == 0)
-				attr = s->cfg->columns[m].to;
-		if (!attr_name_valid(attr, strlen(attr))) {
-			note(s, "column \"%.64s\" is not a valid attribute name; rename it with columns: or exclude it", attr);
-			goto fail;
-		}
-		int64_t id = store_attr_id(s->d->st, attr, strlen(attr));
-		if (id < 0) {
-			note(s, "cannot record attribute name");
-			goto fail;
-		}
-		x->col_attr[c] = (uint32_t)id;
-	}
-	if (x->id_col < 0 || x->cursor_col < 0) {
-		note(s, "the query's result has no column \"%s\"", x->id_col < 0 ? s->cfg->id_column : s->cfg->cursor_column);
+	if (db_mapping_build(s, &x->map, n, column_name, x->q) < 0)
 		goto fail;
-	}
 	return 0;
 fail:
 	free(sql);
@@ -161,11 +117,10 @@ fail:
 	x->q = NULL;
 	sqlite3_close(x->db);
 	x->db = NULL;
-	free(x->col_attr);
+	db_mapping_reset(&x->map);
 	free(x->offs);
 	free(x->lens);
 	free(x->cols);
-	x->col_attr = NULL;
 	x->offs = x->lens = NULL;
 	x->cols = NULL;
 	return -EINVAL;
@@ -212,18 +167,12 @@ static const char *column_value(struct sqlite_source *x, int c, size_t *off, siz
 
 static int save_position(struct source *s)
 {
-	sqlite3_stmt *u = store_stmt(s->d->st, "INSERT INTO source_state (source, cursor, last_id, updated_at)"
-					       " VALUES (?1, ?2, ?3, ?4) ON CONFLICT (source) DO UPDATE SET"
-					       " cursor = excluded.cursor, last_id = excluded.last_id, updated_at = excluded.updated_at");
+	sqlite3_stmt *u = db_position_stmt(s);
 	if (!u)
 		return -EIO;
-	sqlite3_bind_text(u, 1, s->cfg->name, -1, SQLITE_STATIC);
 	sqlite3_bind_value(u, 2, s->sqlite->cursor);
 	sqlite3_bind_value(u, 3, s->sqlite->last_id);
-	sqlite3_bind_int64(u, 4, now_ms());
-	int rc = sqlite3_step(u);
-	sqlite3_reset(u);
-	return rc == SQLITE_DONE ? 0 : -EIO;
+	return db_position_save(u);
 }
 
 /* Reads and stages one slice. Returns 1 when the slice was full (more may
@@ -231,7 +180,6 @@ static int save_position(struct source *s)
 static int read_slice(struct source *s)
 {
 	struct sqlite_source *x = s->sqlite;
-	struct store *st = s->d->st;
 	int rows = 0, rc, r = 0;
 
 	if (!x->q && open_db(s) < 0)
@@ -251,28 +199,20 @@ static int read_slice(struct source *s)
 		sqlite3_bind_value(x->q, sqlite3_bind_parameter_index(x->q, ":tp_cursor"), from);
 		sqlite3_bind_value(x->q, sqlite3_bind_parameter_index(x->q, ":tp_id"), x->is_from_start ? NULL : x->last_id);
 	}
-	if (store_exec(st, "PRAGMA synchronous=NORMAL") < 0 || store_begin(st) < 0) {
-		r = -EIO;
+	if ((r = db_slice_begin(s)) < 0)
 		goto out;
-	}
 	while ((rc = sqlite3_step(x->q)) == SQLITE_ROW) {
+		struct db_mapping *m = &x->map;
 		rows++;
-		s->stats.rows_read++;
-		const char *id = (const char *)sqlite3_column_text(x->q, x->id_col);
-		size_t id_len = (size_t)sqlite3_column_bytes(x->q, x->id_col);
+		const char *id = (const char *)sqlite3_column_text(x->q, m->id_col);
+		size_t id_len = (size_t)sqlite3_column_bytes(x->q, m->id_col);
 		const char *why = NULL;
 		buf_reset(&x->values);
-		attrset_clear(&x->incoming);
+		attrset_clear(&m->incoming);
 		size_t *offs = x->offs, *lens = x->lens;
 		int *cols = x->cols, n = 0;
-		if (!id || id_len == 0)
-			why = "empty id";
-		else if (memchr(id, '+', id_len) || memchr(id, '/', id_len))
-			why = "id contains '+' or '/', which Target does not accept";
-		else if (id_len > 128)
-			why = "id longer than 128 bytes";
-		for (int c = 0; !why && c < x->n_cols; c++) {
-			if (!x->col_attr[c])
+		for (int c = 0; c < m->n_cols; c++) {
+			if (!m->col_attr[c])
 				continue;
 			size_t off = 0, len = 0;
 			const char *err = column_value(x, c, &off, &len);
@@ -289,27 +229,15 @@ static int read_slice(struct source *s)
 			cols[n++] = c;
 		}
 		for (int i = 0; !why && i < n; i++)
-			if (attrset_put(&x->incoming, x->col_attr[cols[i]], x->values.data + offs[i], (uint32_t)lens[i]) < 0)
+			if (attrset_put(&m->incoming, m->col_attr[cols[i]], x->values.data + offs[i], (uint32_t)lens[i]) < 0)
 				why = "out of memory";
-		if (!why) {
-			r = stage_profile(&x->sg, id, id_len, &x->incoming, s->cfg->name, NULL);
-			if (r == -E2BIG)
-				why = "profile data would exceed Target's 64 KB per profile";
-			else if (r < 0)
-				break;
-			else if (r > 0)
-				s->stats.rows_staged++;
-			r = 0;
-		}
-		if (why) {
-			s->stats.rows_rejected++;
-			note(s, "row with id \"%.64s\" rejected: %s", id ? id : "", why);
-			log_warn("msg=\"row rejected\" source=%s id=\"%.64s\" reason=\"%s\"", s->cfg->name, id ? id : "", why);
-		}
+		r = db_stage_row(s, m, id, id_len, why);
+		if (r < 0)
+			break;
 		sqlite3_value_free(x->cursor);
 		sqlite3_value_free(x->last_id);
-		x->cursor = sqlite3_value_dup(sqlite3_column_value(x->q, x->cursor_col));
-		x->last_id = sqlite3_value_dup(sqlite3_column_value(x->q, x->id_col));
+		x->cursor = sqlite3_value_dup(sqlite3_column_value(x->q, x->map.cursor_col));
+		x->last_id = sqlite3_value_dup(sqlite3_column_value(x->q, x->map.id_col));
 		if (!x->cursor || !x->last_id) {
 			r = -ENOMEM;
 			break;
@@ -318,27 +246,16 @@ static int read_slice(struct source *s)
 	if (r == 0 && rc == SQLITE_BUSY) {
 		r = -EAGAIN;
 	} else if (r == 0 && rc != SQLITE_DONE && rc != SQLITE_ROW) {
-		note(s, "query: %s", sqlite3_errmsg(x->db));
+		db_note(s, "query: %s", sqlite3_errmsg(x->db));
 		r = -EIO;
 	}
-	if (r == 0 && rows > 0) {
-		x->is_from_start = false;
+	if (r == 0 && rows > 0)
 		r = save_position(s);
-	}
-	if (r == 0) {
-		if (store_commit(st) < 0)
-			r = -EIO;
-	}
-	if (r < 0) {
-		store_die_on_io_error(st);
-		store_rollback(st);
+	r = db_slice_end(s, r, rows);
+	if (r < 0)
 		load_position(s); /* the slice is read again */
-	}
-	store_exec(st, "PRAGMA synchronous=FULL");
-	if (r == 0 && rows > 0) {
-		crash_point("after-db-slice");
-		daemon_progress(s->d);
-	}
+	else
+		x->is_from_start = false;
 out:
 	sqlite3_reset(x->q); /* releases the read lock on the source at once */
 	return r < 0 ? r : rows == SQLITE_SLICE_ROWS;
@@ -357,7 +274,7 @@ static void on_read(evutil_socket_t fd, short what, void *arg)
 	} else if (r < 0) {
 		log_err("msg=\"database source read failed\" source=%s error=\"%s\"", s->cfg->name, s->stats.last_error);
 		schedule(s, s->cfg->poll_ms);
-	} else if (s->stats.last_error[0] && strncmp(s->stats.last_error, "row with id", 11) != 0) {
+	} else if (s->stats.last_error[0] && !db_is_row_note(s)) {
 		s->stats.last_error[0] = '\0';
 	}
 }
@@ -388,8 +305,7 @@ int sqlite_source_watch(struct source *s)
 	if (!x)
 		return -ENOMEM;
 	s->sqlite = x;
-	stage_init(&x->sg, s->d->st);
-	attrset_init(&x->incoming);
+	db_mapping_init(&x->map, s->d->st);
 	buf_init(&x->values);
 	char dir[PATH_MAX], name[PATH_MAX];
 	snprintf(dir, sizeof(dir), "%s", s->cfg->path);
@@ -435,14 +351,12 @@ void sqlite_source_close(struct source *s)
 		event_free(x->poll);
 	sqlite3_finalize(x->q);
 	sqlite3_close(x->db);
-	free(x->col_attr);
+	db_mapping_finish(&x->map);
 	free(x->offs);
 	free(x->lens);
 	free(x->cols);
 	sqlite3_value_free(x->cursor);
 	sqlite3_value_free(x->last_id);
-	stage_finish(&x->sg);
-	attrset_finish(&x->incoming);
 	buf_finish(&x->values);
 	free(x);
 	s->sqlite = NULL;

@@ -1,0 +1,178 @@
+/* SPDX-License-Identifier: MIT */
+/* What the database sources (SQLite and PostgreSQL) share: mapping a result's
+ * columns to attributes, staging one row with the same checks and rejections,
+ * and the read position kept in source_state. */
+#include "source.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "crash.h"
+#include "log.h"
+
+void db_note(struct source *s, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(s->stats.last_error, sizeof(s->stats.last_error), fmt, ap);
+	va_end(ap);
+}
+
+void db_mapping_init(struct db_mapping *m, struct store *st)
+{
+	memset(m, 0, sizeof(*m));
+	m->id_col = m->cursor_col = -1;
+	stage_init(&m->sg, st);
+	attrset_init(&m->incoming);
+}
+
+void db_mapping_reset(struct db_mapping *m)
+{
+	free(m->col_attr);
+	m->col_attr = NULL;
+	m->n_cols = 0;
+	m->id_col = m->cursor_col = -1;
+}
+
+void db_mapping_finish(struct db_mapping *m)
+{
+	db_mapping_reset(m);
+	stage_finish(&m->sg);
+	attrset_finish(&m->incoming);
+}
+
+int db_mapping_build(struct source *s, struct db_mapping *m, int n, const char *(*name)(void *res, int c), void *res)
+{
+	const struct source_config *cfg = s->cfg;
+	db_mapping_reset(m);
+	m->col_attr = calloc((size_t)n + 1, sizeof(*m->col_attr));
+	if (!m->col_attr) {
+		db_note(s, "out of memory");
+		return -ENOMEM;
+	}
+	m->n_cols = n;
+	for (int c = 0; c < n; c++) {
+		const char *col = name(res, c);
+		if (strcmp(col, cfg->id_column) == 0)
+			m->id_col = c;
+		if (strcmp(col, cfg->cursor_column) == 0)
+			m->cursor_col = c;
+		if (c == m->id_col)
+			continue;
+		bool excluded = false;
+		for (size_t e = 0; e < cfg->n_exclude; e++)
+			if (strcmp(cfg->exclude[e], col) == 0)
+				excluded = true;
+		if (excluded)
+			continue;
+		const char *attr = col;
+		for (size_t r = 0; r < cfg->n_columns; r++)
+			if (strcmp(cfg->columns[r].from, col) == 0)
+				attr = cfg->columns[r].to;
+		if (!attr_name_valid(attr, strlen(attr))) {
+			db_note(s, "column \"%.64s\" is not a valid attribute name; rename it with columns: or exclude it",
+				attr);
+			return -EINVAL;
+		}
+		int64_t id = store_attr_id(s->d->st, attr, strlen(attr));
+		if (id < 0) {
+			db_note(s, "cannot record attribute name");
+			return -EIO;
+		}
+		m->col_attr[c] = (uint32_t)id;
+	}
+	if (m->id_col < 0 || m->cursor_col < 0) {
+		db_note(s, "the query's result has no column \"%s\"", m->id_col < 0 ? cfg->id_column : cfg->cursor_column);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+int db_stage_row(struct source *s, struct db_mapping *m, const char *id, size_t id_len, const char *why)
+{
+	s->stats.rows_read++;
+	if (!why)
+		why = profile_id_problem(id, id_len);
+	if (!why) {
+		int r = stage_profile(&m->sg, id, id_len, &m->incoming, s->cfg->name, NULL);
+		if (r == -E2BIG)
+			why = "profile data would exceed Target's 64 KB per profile";
+		else if (r < 0)
+			return r;
+		else if (r > 0)
+			s->stats.rows_staged++;
+	}
+	if (why) {
+		s->stats.rows_rejected++;
+		db_note(s, "row with id \"%.64s\" rejected: %s", id ? id : "", why);
+		log_warn("msg=\"row rejected\" source=%s id=\"%.64s\" reason=\"%s\"", s->cfg->name, id ? id : "", why);
+	}
+	return 0;
+}
+
+sqlite3_stmt *db_position_load(struct source *s)
+{
+	sqlite3_stmt *q = store_stmt(s->d->st, "SELECT cursor, last_id FROM source_state WHERE source = ?");
+	if (!q)
+		return NULL;
+	sqlite3_bind_text(q, 1, s->cfg->name, -1, SQLITE_STATIC);
+	return q;
+}
+
+sqlite3_stmt *db_position_stmt(struct source *s)
+{
+	sqlite3_stmt *u = store_stmt(s->d->st, "INSERT INTO source_state (source, cursor, last_id, updated_at)"
+					       " VALUES (?1, ?2, ?3, ?4) ON CONFLICT (source) DO UPDATE SET"
+					       " cursor = excluded.cursor, last_id = excluded.last_id, updated_at = excluded.updated_at");
+	if (!u)
+		return NULL;
+	sqlite3_bind_text(u, 1, s->cfg->name, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(u, 4, now_ms());
+	return u;
+}
+
+int db_position_save(sqlite3_stmt *u)
+{
+	int rc = sqlite3_step(u);
+	sqlite3_reset(u);
+	sqlite3_clear_bindings(u);
+	return rc == SQLITE_DONE ? 0 : -EIO;
+}
+
+bool db_is_row_note(const struct source *s)
+{
+	return strncmp(s->stats.last_error, "row with id", 11) == 0;
+}
+
+int db_slice_begin(struct source *s)
+{
+	struct store *st = s->d->st;
+	/* A slice is re-read from the source if it is lost, so it needs no fsync of
+	 * its own; the position commits with its rows either way. */
+	if (store_exec(st, "PRAGMA synchronous=NORMAL") < 0 || store_begin(st) < 0) {
+		store_die_on_io_error(st);
+		store_exec(st, "PRAGMA synchronous=FULL");
+		return -EIO;
+	}
+	return 0;
+}
+
+int db_slice_end(struct source *s, int r, int rows)
+{
+	struct store *st = s->d->st;
+	if (r == 0 && store_commit(st) < 0)
+		r = -EIO;
+	if (r < 0) {
+		store_die_on_io_error(st);
+		store_rollback(st);
+	}
+	store_exec(st, "PRAGMA synchronous=FULL");
+	if (r == 0 && rows > 0) {
+		crash_point("after-db-slice");
+		daemon_progress(s->d);
+	}
+	return r;
+}
