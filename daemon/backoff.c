@@ -7,6 +7,8 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
 
 int64_t backoff_ceiling(int64_t initial_ms, int64_t max_ms, unsigned attempt)
 {
@@ -51,4 +53,15 @@ int backoff_parse_retry_after(const char *value, time_t now, int64_t *out)
 	time_t when = timegm(&tm);
 	*out = when > now ? (int64_t)(when - now) * 1000 : 0;
 	return 0;
+}
+
+uint64_t backoff_random(void)
+{
+	uint64_t v;
+	if (getrandom(&v, sizeof(v), GRND_NONBLOCK) != sizeof(v)) {
+		struct timespec ts;
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		v = ((uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec) * 6364136223846793005ULL + (uint64_t)getpid();
+	}
+	return v;
 }

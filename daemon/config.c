@@ -11,6 +11,10 @@
 #include <string.h>
 #include <yaml.h>
 
+#include "build_config.h"
+#if HAVE_LIBPQ
+#include <libpq-fe.h>
+#endif
 #include "units.h"
 
 enum key_type { K_STRING, K_INT, K_DURATION, K_SIZE, K_ENUM, K_BOOL, K_DELIM, K_STRLIST, K_RENAMES };
@@ -27,7 +31,7 @@ struct key_desc {
 
 static const char *const id_types[] = { "thirdPartyId", "pcId", NULL };
 static const char *const rows_modes[] = { "full_profile", "changed_only", NULL };
-static const char *const source_types[] = { "spool", "snapshot", "sqlite", NULL };
+static const char *const source_types[] = { "spool", "snapshot", "sqlite", "postgres", NULL };
 static const char *const after_actions[] = { "archive", "delete", NULL };
 static const char *const mutating_policies[] = { "owner", "group", NULL };
 
@@ -91,7 +95,7 @@ static const struct key_desc limits_keys[] = {
 static const struct key_desc source_keys[] = {
 	{ .name = "name", .type = K_STRING, .offset = S(name), .required = true },
 	{ .name = "type", .type = K_ENUM, .offset = S(type), .choices = source_types, .required = true },
-	{ .name = "path", .type = K_STRING, .offset = S(path), .required = true },
+	{ .name = "path", .type = K_STRING, .offset = S(path) },
 	{ .name = "id_column", .type = K_STRING, .offset = S(id_column), .required = true },
 	{ .name = "columns", .type = K_RENAMES, .offset = S(columns) },
 	{ .name = "exclude", .type = K_STRLIST, .offset = S(exclude) },
@@ -101,6 +105,9 @@ static const struct key_desc source_keys[] = {
 	{ .name = "query", .type = K_STRING, .offset = S(query) },
 	{ .name = "cursor_column", .type = K_STRING, .offset = S(cursor_column) },
 	{ .name = "poll", .type = K_DURATION, .offset = S(poll_ms), .min = 100, .max = DAY, .def = "30s" },
+	{ .name = "dsn", .type = K_STRING, .offset = S(dsn) },
+	{ .name = "password_file", .type = K_STRING, .offset = S(password_file) },
+	{ .name = "listen", .type = K_STRING, .offset = S(listen) },
 	{ .name = NULL }
 };
 
@@ -377,6 +384,32 @@ static int apply_mapping(struct loader *l, const char *where, const struct key_d
 	return 0;
 }
 
+const char *source_type_name(enum source_type type)
+{
+	return source_types[type];
+}
+
+/* A password must come from a file, never from the YAML. */
+static void check_dsn(struct loader *l, struct source_config *src, yaml_node_t *item, const char *where)
+{
+#if HAVE_LIBPQ
+	char *why = NULL;
+	PQconninfoOption *opts = PQconninfoParse(src->dsn, &why);
+	if (!opts) {
+		report(l, &item->start_mark, "%s: dsn: %s", where, why ? strtok(why, "\n") : "out of memory");
+		PQfreemem(why);
+		return;
+	}
+	for (PQconninfoOption *o = opts; o->keyword; o++)
+		if (strcmp(o->keyword, "password") == 0 && o->val)
+			report(l, &item->start_mark, "%s: dsn must not contain the password; put it in password_file "
+						      "(or a systemd credential NAME-password)", where);
+	PQconninfoFree(opts);
+#else
+	report(l, &item->start_mark, "%s: this tpsyncd was built without PostgreSQL support (meson -Dpostgres)", where);
+#endif
+}
+
 static bool valid_source_name(const char *s)
 {
 	if (!*s)
@@ -385,6 +418,37 @@ static bool valid_source_name(const char *s)
 		if (!(islower((unsigned char)*s) || isdigit((unsigned char)*s) || *s == '_' || *s == '-'))
 			return false;
 	return true;
+}
+
+/* The keys each source type needs or does not take. */
+static void check_source_kind(struct loader *l, struct source_config *src, yaml_node_t *item, const char *where)
+{
+	bool is_db = src->type == SOURCE_SQLITE || src->type == SOURCE_POSTGRES;
+	const char *type = source_type_name(src->type);
+	if (src->type == SOURCE_POSTGRES) {
+		if (!src->dsn)
+			report(l, &item->start_mark, "%s: a postgres source needs dsn", where);
+		if (src->path)
+			report(l, &item->start_mark, "%s: a postgres source takes dsn, not path", where);
+		if (src->dsn)
+			check_dsn(l, src, item, where);
+	} else {
+		if (!src->path)
+			report(l, &item->start_mark, "%s: missing required key \"path\"", where);
+		if (src->dsn || src->password_file || src->listen)
+			report(l, &item->start_mark, "%s: dsn, password_file and listen belong to postgres sources", where);
+	}
+	if (is_db) {
+		if (!src->query || !src->cursor_column)
+			report(l, &item->start_mark, "%s: a %s source needs query and cursor_column", where, type);
+		else if (!strstr(src->query, ":cursor"))
+			report(l, &item->start_mark, "%s: query must use the :cursor parameter", where);
+		else if (strstr(src->query, "> :cursor"))
+			warn(l, &item->start_mark, "%s: use \">= :cursor\": rows that share the last cursor value "
+						    "but were committed later would be missed with \">\"", where);
+	} else if (src->query || src->cursor_column) {
+		report(l, &item->start_mark, "%s: query and cursor_column belong to database sources", where);
+	}
 }
 
 static int load_sources(struct loader *l, struct config *cfg, yaml_node_t *n)
@@ -418,17 +482,7 @@ static int load_sources(struct loader *l, struct config *cfg, yaml_node_t *n)
 				report(l, &item->start_mark, "%s: duplicate source name \"%s\"", where, src->name);
 		if (src->id_column && !*src->id_column)
 			report(l, &item->start_mark, "%s: id_column must not be empty", where);
-		if (src->type == SOURCE_SQLITE) {
-			if (!src->query || !src->cursor_column)
-				report(l, &item->start_mark, "%s: a sqlite source needs query and cursor_column", where);
-			else if (!strstr(src->query, ":cursor"))
-				report(l, &item->start_mark, "%s: query must use the :cursor parameter", where);
-			else if (strstr(src->query, "> :cursor"))
-				warn(l, &item->start_mark, "%s: use \">= :cursor\": rows that share the last cursor value "
-							    "but were committed later would be missed with \">\"", where);
-		} else if (src->query || src->cursor_column) {
-			report(l, &item->start_mark, "%s: query and cursor_column belong to database sources", where);
-		}
+		check_source_kind(l, src, item, where);
 		for (size_t j = 0; j < src->n_exclude && src->id_column; j++)
 			if (src->exclude[j] && strcmp(src->exclude[j], src->id_column) == 0)
 				report(l, &item->start_mark, "%s: id_column \"%s\" cannot be excluded", where,
@@ -623,6 +677,9 @@ static void free_source(struct source_config *s)
 	free(s->exclude);
 	free(s->query);
 	free(s->cursor_column);
+	free(s->dsn);
+	free(s->password_file);
+	free(s->listen);
 }
 
 void config_destroy(struct config *cfg)

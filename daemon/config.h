@@ -14,7 +14,7 @@
 
 enum id_type { ID_THIRD_PARTY, ID_PC };
 enum rows_mode { ROWS_FULL_PROFILE, ROWS_CHANGED_ONLY };
-enum source_type { SOURCE_SPOOL, SOURCE_SNAPSHOT, SOURCE_SQLITE };
+enum source_type { SOURCE_SPOOL, SOURCE_SNAPSHOT, SOURCE_SQLITE, SOURCE_POSTGRES };
 enum after_action { AFTER_ARCHIVE, AFTER_DELETE };
 enum mutating_policy { MUTATING_OWNER, MUTATING_GROUP };
 
@@ -39,6 +39,10 @@ struct source_config {
 	char *query;          /* with a :cursor parameter */
 	char *cursor_column;
 	int64_t poll_ms;
+	/* type: postgres */
+	char *dsn;            /* libpq connection string, without a password */
+	char *password_file;  /* NULL: $CREDENTIALS_DIRECTORY/NAME-password if present, else libpq's own */
+	char *listen;         /* NOTIFY channel that wakes the source; NULL: poll only */
 };
 
 struct config {
@@ -94,6 +98,9 @@ int config_load_buffer(const char *name, const char *text, size_t len, struct co
 void config_destroy(struct config *cfg);
 
 /* The source called name, or NULL. */
+/* The name of a source type as in the configuration ("spool", "postgres", ...). */
+const char *source_type_name(enum source_type type);
+
 const struct source_config *config_find_source(const struct config *cfg, const char *name);
 
 #endif

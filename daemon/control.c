@@ -68,7 +68,7 @@ static json_t *source_json(struct source *s)
 {
 	struct source_stats *st = &s->stats;
 	json_t *o = json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I}", "name", s->cfg->name, "type",
-			      s->cfg->type == SOURCE_SPOOL ? "spool" : s->cfg->type == SOURCE_SNAPSHOT ? "snapshot" : "sqlite", "path", s->cfg->path, "files",
+			      source_type_name(s->cfg->type), "path", s->cfg->path ? s->cfg->path : s->cfg->dsn, "files",
 			      (json_int_t)st->files, "files_failed", (json_int_t)st->files_failed, "rows_read",
 			      (json_int_t)st->rows_read, "rows_staged", (json_int_t)st->rows_staged, "rows_rejected",
 			      (json_int_t)st->rows_rejected, "last_file_at", (json_int_t)st->last_file_at);

@@ -16,7 +16,6 @@
 #include <stdlib.h>
 #include <strings.h>
 #include <string.h>
-#include <sys/random.h>
 #include <unistd.h>
 
 #include "backoff.h"
@@ -89,14 +88,6 @@ void sender_kick(struct sender *s)
 {
 	if (s && !s->d->is_stopping)
 		event_active(s->wake, 0, 0);
-}
-
-static uint64_t random64(void)
-{
-	uint64_t v;
-	if (getrandom(&v, sizeof(v), GRND_NONBLOCK) != sizeof(v))
-		v = (uint64_t)now_ms() * 6364136223846793005ULL + (uint64_t)getpid();
-	return v;
 }
 
 /* --- call rate ---------------------------------------------------------------- */
@@ -406,7 +397,7 @@ static void retry_batch(struct sender *s, int64_t id, long http, const char *why
 		return;
 	}
 	int64_t delay = backoff_delay(cfg->retry.initial_ms, cfg->retry.max_ms, (unsigned)(attempts > 0 ? attempts : 1),
-				      random64());
+				      backoff_random());
 	if (retry_after_ms >= 0)
 		delay = retry_after_ms < cfg->retry.max_ms ? retry_after_ms : cfg->retry.max_ms;
 	sqlite3_stmt *u = store_stmt(st, "UPDATE batches SET state = 'ready', next_attempt_at = ?2, http_status = ?3,"
@@ -647,7 +638,7 @@ static void poll_done(struct sender *s, struct transfer *t, CURLcode res, long h
 			polls = sqlite3_column_int64(q, 0);
 		sqlite3_reset(q);
 	}
-	int64_t backoff = backoff_delay(cfg->retry.initial_ms, cfg->retry.max_ms, (unsigned)polls + 1, random64());
+	int64_t backoff = backoff_delay(cfg->retry.initial_ms, cfg->retry.max_ms, (unsigned)polls + 1, backoff_random());
 	char why[CURL_ERROR_SIZE + 300];
 	if (res != CURLE_OK) {
 		snprintf(why, sizeof(why), "status poll: %s", t->errbuf[0] ? t->errbuf : curl_easy_strerror(res));

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* Source lifecycle shared by the spool and snapshot kinds. */
+/* Source lifecycle: creating, scanning and closing each kind of source. */
 #include "source.h"
 
 #include <errno.h>
@@ -9,6 +9,7 @@
 #include <sys/inotify.h>
 #include <unistd.h>
 
+#include "build_config.h"
 #include "log.h"
 
 int source_create(struct daemon *d, const struct source_config *cfg, struct source **out)
@@ -19,8 +20,25 @@ int source_create(struct daemon *d, const struct source_config *cfg, struct sour
 	s->d = d;
 	s->cfg = cfg;
 	s->inotify_fd = -1;
-	int r = cfg->type == SOURCE_SPOOL ? spool_watch(s) : cfg->type == SOURCE_SNAPSHOT ? snapshot_watch(s)
-									   : sqlite_source_watch(s);
+	int r;
+	switch (cfg->type) {
+	case SOURCE_SPOOL:
+		r = spool_watch(s);
+		break;
+	case SOURCE_SNAPSHOT:
+		r = snapshot_watch(s);
+		break;
+	case SOURCE_SQLITE:
+		r = sqlite_source_watch(s);
+		break;
+	default:
+#if HAVE_LIBPQ
+		r = pg_source_watch(s);
+#else
+		r = -ENOTSUP; /* the config loader rejects it first */
+#endif
+		break;
+	}
 	if (r < 0) {
 		source_destroy(s);
 		return r;
@@ -34,11 +52,23 @@ void source_destroy(struct source *s)
 	if (!s)
 		return;
 	sqlite_source_close(s);
+#if HAVE_LIBPQ
+	pg_source_close(s);
+#endif
 	if (s->ev)
 		event_free(s->ev);
 	if (s->inotify_fd >= 0)
 		close(s->inotify_fd);
 	free(s);
+}
+
+static int pg_scan(struct source *s, bool from_start)
+{
+#if HAVE_LIBPQ
+	return pg_source_scan(s, from_start);
+#else
+	return -ENOTSUP;
+#endif
 }
 
 int source_scan(struct source *s)
@@ -48,14 +78,23 @@ int source_scan(struct source *s)
 		return spool_scan(s);
 	case SOURCE_SNAPSHOT:
 		return snapshot_scan(s);
-	default:
+	case SOURCE_SQLITE:
 		return sqlite_source_scan(s, false);
+	default:
+		return pg_scan(s, false);
 	}
 }
 
 int source_rescan(struct source *s)
 {
-	return s->cfg->type == SOURCE_SQLITE ? sqlite_source_scan(s, true) : source_scan(s);
+	switch (s->cfg->type) {
+	case SOURCE_SQLITE:
+		return sqlite_source_scan(s, true);
+	case SOURCE_POSTGRES:
+		return pg_scan(s, true);
+	default:
+		return source_scan(s);
+	}
 }
 
 void source_read_events(struct source *s, void (*handle)(struct source *s, const struct inotify_event *ev, void *arg),

@@ -20,9 +20,6 @@ struct source {
 	struct pg_source *pg;         /* type: postgres */
 };
 
-/* The name of a source type as in the configuration ("spool", ...). */
-const char *source_type_name(enum source_type type);
-
 /* Creates the source for cfg and starts watching (the watch is set up before the
  * first scan so nothing that arrives in between is missed). Returns 0 and the
  * source in *out, or a negative errno with the reason logged. */

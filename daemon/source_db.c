@@ -163,6 +163,8 @@ int db_slice_begin(struct source *s)
 int db_slice_end(struct source *s, int r, int rows)
 {
 	struct store *st = s->d->st;
+	if (r == 0 && rows > 0)
+		crash_point("before-db-commit"); /* rows staged, position not yet committed */
 	if (r == 0 && store_commit(st) < 0)
 		r = -EIO;
 	if (r < 0) {

@@ -5,11 +5,16 @@ set -euo pipefail
 
 PACKAGES=(
   gcc pkg-config meson ninja-build
-  libevent-dev libcurl4-openssl-dev libsqlite3-dev libyaml-dev libexpat1-dev libjansson-dev libsystemd-dev
+  libevent-dev libcurl4-openssl-dev libsqlite3-dev libyaml-dev libexpat1-dev libjansson-dev libsystemd-dev libpq-dev
   sqlite3 python3 scdoc curl ca-certificates systemd valgrind util-linux
 )
+# The test suite: clang for the fuzzers and sanitizers, a PostgreSQL server
+# (started by the tests themselves as an unprivileged user) and psql.
 if [ "${TPSYNC_WITH_CLANG:-0}" = 1 ]; then
   PACKAGES+=(clang libclang-rt-14-dev)
+fi
+if [ "${TPSYNC_WITH_POSTGRES:-0}" = 1 ]; then
+  PACKAGES+=(postgresql postgresql-client)
 fi
 
 missing=()

@@ -231,6 +231,7 @@ class Case:
         self.dir = tempfile.mkdtemp(prefix=f"tpsync-{name}-")
         self.target = FakeTarget(self.dir, *target_args) if with_target else None
         self.daemons = []
+        self.cleanups = []  # called at close, last first (servers a test started)
         self.spool = os.path.join(self.dir, "spool")
         os.makedirs(self.spool)
 
@@ -258,6 +259,11 @@ class Case:
                 print(f"cleanup: {e}", file=sys.stderr)
         if self.target:
             self.target.stop()
+        for fn in reversed(self.cleanups):
+            try:
+                fn()
+            except Exception as e:  # noqa: BLE001 - cleanup must go on
+                print(f"cleanup: {e}", file=sys.stderr)
         if ok:
             shutil.rmtree(self.dir, ignore_errors=True)
         else:
