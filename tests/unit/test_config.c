@@ -41,7 +41,10 @@ static void full(void)
 		     "  - name: crm\n    type: spool\n    path: /x\n    id_column: cid\n"
 		     "    columns: {tier: loyaltyTier}\n    exclude: [email, phone]\n"
 		     "    after: delete\n    delimiter: \";\"\n    strict: true\n"
-		     "  - name: pos\n    type: snapshot\n    path: /y.csv\n    id_column: id\n",
+		     "  - name: pos\n    type: snapshot\n    path: /y.csv\n    id_column: id\n"
+		     "  - name: crm-db\n    type: postgres\n    dsn: \"host=db port=5433 dbname=crm user=tp\"\n"
+		     "    password_file: /etc/pw\n    listen: changed\n    id_column: id\n    cursor_column: at\n"
+		     "    query: SELECT * FROM c WHERE at >= :cursor\n    poll: 2m\n",
 		     &cfg, err, sizeof(err));
 	CHECK(r == 0);
 	if (r != 0) {
@@ -57,7 +60,13 @@ static void full(void)
 	CHECK(cfg->retry.initial_ms == 2000 && cfg->retry.max_ms == 3600000);
 	CHECK(cfg->retry.give_up_after_ms == 3LL * 86400000);
 	CHECK(cfg->limits.rows_per_day == 5000 && cfg->limits.calls_per_minute == 10);
-	CHECK(cfg->n_sources == 2);
+	CHECK(cfg->n_sources == 3);
+	CHECK(cfg->sources[2].type == SOURCE_POSTGRES && cfg->sources[2].path == NULL);
+	CHECK_STR(cfg->sources[2].dsn, "host=db port=5433 dbname=crm user=tp");
+	CHECK_STR(cfg->sources[2].password_file, "/etc/pw");
+	CHECK_STR(cfg->sources[2].listen, "changed");
+	CHECK(cfg->sources[2].poll_ms == 120000);
+	CHECK_STR(source_type_name(cfg->sources[2].type), "postgres");
 	CHECK_STR(cfg->sources[0].columns[0].from, "tier");
 	CHECK_STR(cfg->sources[0].columns[0].to, "loyaltyTier");
 	CHECK(cfg->sources[0].n_exclude == 2);
@@ -126,6 +135,18 @@ static void errors(void)
 		{ "target: {client_code: demo}\ntarget: {client_code: x}\n", ":2:1: duplicate section \"target\"" },
 		{ "target: {client_code: demo, base_url: ftp://x}\n", "base_url must start with https://" },
 		{ "", "the file is empty" },
+		{ "target: {client_code: demo}\nsources:\n  - {name: a, type: spool, id_column: id}\n",
+		  ":3:5: sources[0]: missing required key \"path\"" },
+		{ "target: {client_code: demo}\nsources:\n  - {name: a, type: postgres, id_column: id, query: \"x :cursor\", "
+		  "cursor_column: c, dsn: \"dbname=x password=pw\"}\n", "dsn must not contain the password" },
+		{ "target: {client_code: demo}\nsources:\n  - {name: a, type: postgres, id_column: id, query: \"x :cursor\", "
+		  "cursor_column: c, dsn: \"postgres://u:pw@h/db\"}\n", "dsn must not contain the password" },
+		{ "target: {client_code: demo}\nsources:\n  - {name: a, type: postgres, id_column: id, query: \"x :cursor\", "
+		  "cursor_column: c, dsn: \"host='unterminated\"}\n", "sources[0]: dsn: " },
+		{ "target: {client_code: demo}\nsources:\n  - {name: a, type: postgres, id_column: id, query: \"x :cursor\", "
+		  "cursor_column: c}\n", "a postgres source needs dsn" },
+		{ "target: {client_code: demo}\nsources:\n  - {name: a, type: spool, path: /x, id_column: id, listen: ch}\n",
+		  "dsn, password_file and listen belong to postgres sources" },
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		struct config *cfg = NULL;
