@@ -222,6 +222,8 @@ static void on_once_check(evutil_socket_t fd, short what, void *arg)
 		return;
 	bool timed_out = now_ms() >= d->once_deadline;
 	bool delivered = ingest_is_idle(d->ingest) && sender_is_drained(d->sender, false);
+	for (size_t i = 0; i < d->n_sources; i++)
+		delivered = delivered && source_is_caught_up(d->sources[i]);
 	bool complete = delivered && sender_is_drained(d->sender, true);
 	if (!complete && !timed_out)
 		return;

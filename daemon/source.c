@@ -97,6 +97,22 @@ int source_rescan(struct source *s)
 	}
 }
 
+bool source_is_caught_up(const struct source *s)
+{
+	switch (s->cfg->type) {
+	case SOURCE_SQLITE:
+		return sqlite_source_is_caught_up(s);
+	case SOURCE_POSTGRES:
+#if HAVE_LIBPQ
+		return pg_source_is_caught_up(s);
+#else
+		return true;
+#endif
+	default:
+		return true;
+	}
+}
+
 void source_read_events(struct source *s, void (*handle)(struct source *s, const struct inotify_event *ev, void *arg),
 			void *arg)
 {

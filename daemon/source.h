@@ -33,6 +33,11 @@ int source_scan(struct source *s);
  * result (diffed against the mirror, so unchanged rows send nothing). */
 int source_rescan(struct source *s);
 
+/* True when the source has nothing it knows of left to read: files are queued
+ * for ingestion as soon as they are seen (always true); a database source has
+ * read to the end of its result and no read is scheduled (--once waits for it). */
+bool source_is_caught_up(const struct source *s);
+
 struct inotify_event;
 
 /* Reads every pending event on s->inotify_fd and calls handle for each (read
@@ -48,11 +53,13 @@ int snapshot_scan(struct source *s);
 /* source_sqlite.c: scan reads what changed; rescan re-reads everything. */
 int sqlite_source_watch(struct source *s);
 int sqlite_source_scan(struct source *s, bool from_start);
+bool sqlite_source_is_caught_up(const struct source *s);
 void sqlite_source_close(struct source *s);
 
 /* source_postgres.c (built with libpq): like the SQLite source, plus LISTEN. */
 int pg_source_watch(struct source *s);
 int pg_source_scan(struct source *s, bool from_start);
+bool pg_source_is_caught_up(const struct source *s);
 void pg_source_close(struct source *s);
 
 /* source_db.c: what the database sources share. A mapping turns one query's

@@ -70,6 +70,7 @@ struct pg_source {
 	bool is_cmd_open;       /* a command was sent and its results are not all in */
 	bool want_read;         /* read again once the current step is done */
 	bool is_from_start;     /* a rescan: read everything once more */
+	bool is_caught_up;      /* the last slice was the end of the result */
 	unsigned failures;      /* consecutive failures, for the backoff */
 	struct event *io;       /* the connection's socket */
 	struct event *soon;     /* the next slice (or reconnection) */
@@ -425,6 +426,7 @@ static void send_slice(struct source *s)
 	bool from_start = x->is_from_start || !x->cursor;
 	const char *params[2] = { from_start ? x->cursor_min : x->cursor, x->last_id };
 	x->want_read = false;
+	x->is_caught_up = false;
 	if (!PQsendQueryPrepared(x->conn, from_start ? PG_FIRST : PG_AFTER, from_start ? 1 : 2, params, NULL, NULL, 0)) {
 		fail(s, PQerrorMessage(x->conn));
 		return;
@@ -595,8 +597,12 @@ static void on_done(struct source *s)
 		break;
 	case PG_READING:
 		x->step = PG_IDLE;
-		if (x->slice_rows == PG_SLICE_ROWS || x->want_read)
+		if (x->slice_rows == PG_SLICE_ROWS || x->want_read) {
 			schedule(s, 0); /* more may follow; let the loop breathe between slices */
+		} else {
+			x->is_caught_up = true;
+			daemon_progress(s->d); /* --once may be waiting for this */
+		}
 		break;
 	default:
 		break;
@@ -735,6 +741,11 @@ int pg_source_scan(struct source *s, bool from_start)
 	if (s->pg->step != PG_DOWN)
 		want_read(s);
 	return 0;
+}
+
+bool pg_source_is_caught_up(const struct source *s)
+{
+	return s->pg->step == PG_IDLE && s->pg->is_caught_up && !evtimer_pending(s->pg->soon, NULL);
 }
 
 void pg_source_close(struct source *s)

@@ -42,6 +42,7 @@ struct sqlite_source {
 	sqlite3_value *cursor;  /* where reading continues (NULL: from the start) */
 	sqlite3_value *last_id;
 	bool is_from_start;     /* a rescan: read everything once more */
+	bool is_caught_up;      /* the last read found nothing more */
 	char base[NAME_MAX + 1];
 };
 
@@ -267,6 +268,9 @@ static void on_read(evutil_socket_t fd, short what, void *arg)
 	if (s->d->is_stopping)
 		return;
 	int r = read_slice(s);
+	s->sqlite->is_caught_up = r == 0;
+	if (r == 0)
+		daemon_progress(s->d); /* --once may be waiting for this */
 	if (r == 1) {
 		schedule(s, 0);
 	} else if (r == -EAGAIN) {
@@ -338,6 +342,11 @@ int sqlite_source_scan(struct source *s, bool from_start)
 		s->sqlite->is_from_start = true;
 	schedule(s, 0);
 	return 0;
+}
+
+bool sqlite_source_is_caught_up(const struct source *s)
+{
+	return s->sqlite->is_caught_up && !evtimer_pending(s->sqlite->soon, NULL);
 }
 
 void sqlite_source_close(struct source *s)

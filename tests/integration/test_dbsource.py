@@ -113,6 +113,20 @@ def test_sqlite_crash_mid_read(case):
     assert case.target.state()["violations"] == []
 
 
+def test_sqlite_once(case):
+    """--once reads the table to its end, delivers and exits 0."""
+    path = os.path.join(case.dir, "once.db")
+    con = make_db(path, wal=True)
+    con.execute("BEGIN")
+    for i in range(4500):
+        upsert(con, f"o{i}", "gold", i, None, None, i)
+    con.execute("COMMIT")
+    d = case.daemon(source(path))
+    r = d.run_once("--wait", "30s")
+    assert r.returncode == 0, r.stderr
+    assert len(case.target.profiles()) == 4500
+
+
 def test_sqlite_config_errors(case):
     import subprocess
     from harness import TPSYNCD
@@ -132,4 +146,5 @@ def test_sqlite_config_errors(case):
 
 
 if __name__ == "__main__":
-    run([test_sqlite_rollback_journal, test_sqlite_wal, test_sqlite_crash_mid_read, test_sqlite_config_errors])
+    run([test_sqlite_rollback_journal, test_sqlite_wal, test_sqlite_crash_mid_read, test_sqlite_once,
+         test_sqlite_config_errors])

@@ -175,6 +175,16 @@ def test_pg_unreachable_and_bad_password(case):
              10, "the auth error")
     d.stop()
     assert PASSWORD not in d.log_text()
+    # Without password_file, the systemd credential NAME-password is used.
+    creds = os.path.join(case.dir, "credentials")
+    os.makedirs(creds)
+    with open(os.path.join(creds, "crm-password"), "w") as f:
+        f.write(PASSWORD + "\n")
+    d = case.daemon(source(pg, pw).replace(f"    password_file: {pw}\n", ""))
+    d.start(env={"CREDENTIALS_DIRECTORY": creds})
+    pg.psql("INSERT INTO customers (id, tier) VALUES ('k1', 'gold')")
+    wait_for(lambda: "k1" in case.target.profiles(), 20, "a row read with the credential's password")
+    d.stop()
     pg.stop("fast")
     with open(pw, "w") as f:
         f.write(PASSWORD)
@@ -192,6 +202,20 @@ def test_pg_unreachable_and_bad_password(case):
     pg.start()
     pg.psql("INSERT INTO customers (id, tier) VALUES ('u1', 'gold')")
     wait_for(lambda: "u1" in case.target.profiles(), 90, "the row after the server came back")
+
+
+def test_pg_once(case):
+    """--once reads the table to its end (several slices), delivers and exits 0."""
+    pg, pw = start_pg(case)
+    pg.psql("INSERT INTO customers (id, tier) SELECT 'o' || g, 'gold' FROM generate_series(1, 4500) g")
+    d = case.daemon(source(pg, pw))
+    r = d.run_once("--wait", "30s")
+    assert r.returncode == 0, r.stderr
+    assert len(case.target.profiles()) == 4500
+    pg.psql("UPDATE customers SET tier = 'silver' WHERE id = 'o7'")
+    r = d.run_once("--wait", "30s")
+    assert r.returncode == 0 and case.target.profiles()["o7"] == {"loyaltyTier": "silver"}, r.stderr
+    assert sum(r["rows"] for r in case.target.requests()) == 4501  # only the change was sent again
 
 
 def test_pg_config_errors(case):
@@ -231,4 +255,4 @@ def test_pg_config_errors(case):
 
 if __name__ == "__main__":
     run([test_pg_listen_types_ties_rescan, test_pg_server_restart, test_pg_crash_before_cursor_commit,
-         test_pg_unreachable_and_bad_password, test_pg_config_errors])
+         test_pg_unreachable_and_bad_password, test_pg_once, test_pg_config_errors])
