@@ -249,6 +249,17 @@ bool attr_name_valid(const char *s, size_t len)
 	return true;
 }
 
+const char *column_attr_name(const struct source_config *src, const char *col)
+{
+	for (size_t e = 0; e < src->n_exclude; e++)
+		if (strcmp(src->exclude[e], col) == 0)
+			return NULL;
+	for (size_t m = 0; m < src->n_columns; m++)
+		if (strcmp(src->columns[m].from, col) == 0)
+			return src->columns[m].to;
+	return col;
+}
+
 const char *profile_id_problem(const char *id, size_t len)
 {
 	if (!id || len == 0)
@@ -288,16 +299,9 @@ static int map_header(struct ingest *ig, struct job *j, const struct csv_record 
 			j->id_col = c;
 			continue;
 		}
-		bool excluded = false;
-		for (size_t e = 0; e < src->n_exclude; e++)
-			if (strcmp(src->exclude[e], col) == 0)
-				excluded = true;
-		if (excluded)
+		const char *attr = column_attr_name(src, col);
+		if (!attr)
 			continue;
-		const char *attr = col;
-		for (size_t m = 0; m < src->n_columns; m++)
-			if (strcmp(src->columns[m].from, col) == 0)
-				attr = src->columns[m].to;
 		if (!attr_name_valid(attr, strlen(attr))) {
 			snprintf(reason, size,
 				 "header: column %zu \"%.64s\" is not a valid attribute name (letters, digits, "

@@ -44,6 +44,9 @@ struct ingest_request {
 /* True when name is a plain Target parameter name (letters, digits, '_', '-',
  * '.', at most 128 bytes). */
 bool attr_name_valid(const char *name, size_t len);
+/* The attribute a source's column becomes: renamed by columns:, NULL when
+ * exclude: drops it, else the column's own name. */
+const char *column_attr_name(const struct source_config *src, const char *col);
 /* Why Target would not accept id as a profile id (empty, over 128 bytes, '+',
  * '/' or a control character), or NULL when it is fine. */
 const char *profile_id_problem(const char *id, size_t len);

@@ -62,16 +62,9 @@ int db_mapping_build(struct source *s, struct db_mapping *m, int n, const char *
 			m->cursor_col = c;
 		if (c == m->id_col)
 			continue;
-		bool excluded = false;
-		for (size_t e = 0; e < cfg->n_exclude; e++)
-			if (strcmp(cfg->exclude[e], col) == 0)
-				excluded = true;
-		if (excluded)
+		const char *attr = column_attr_name(cfg, col);
+		if (!attr)
 			continue;
-		const char *attr = col;
-		for (size_t r = 0; r < cfg->n_columns; r++)
-			if (strcmp(cfg->columns[r].from, col) == 0)
-				attr = cfg->columns[r].to;
 		if (!attr_name_valid(attr, strlen(attr))) {
 			db_note(s, "column \"%.64s\" is not a valid attribute name; rename it with columns: or exclude it",
 				attr);
