@@ -65,26 +65,37 @@ static int put_varint(struct buf *out, uint32_t v)
 	return buf_append(out, tmp, n);
 }
 
+int attrset_blob_next(const unsigned char **pos, const unsigned char *end, struct attr_kv *kv)
+{
+	const unsigned char *p = *pos;
+	if (p >= end)
+		return 0;
+	uint32_t id, vlen;
+	p = get_varint(p, end, &id);
+	if (!p)
+		return -EINVAL;
+	p = get_varint(p, end, &vlen);
+	if (!p || vlen > (size_t)(end - p))
+		return -EINVAL;
+	*kv = (struct attr_kv){ .id = id, .len = vlen, .val = (const char *)p };
+	*pos = p + vlen;
+	return 1;
+}
+
 int attrset_decode(struct attrset *s, const void *blob, size_t len)
 {
 	const unsigned char *p = blob, *end = p + len;
+	struct attr_kv kv;
+	int r;
 	s->n = 0;
-	while (p < end) {
-		uint32_t id, vlen;
-		p = get_varint(p, end, &id);
-		if (!p)
-			return -EINVAL;
-		p = get_varint(p, end, &vlen);
-		if (!p || vlen > (size_t)(end - p))
-			return -EINVAL;
-		if (s->n && s->kv[s->n - 1].id >= id)
+	while ((r = attrset_blob_next(&p, end, &kv)) > 0) {
+		if (s->n && s->kv[s->n - 1].id >= kv.id)
 			return -EINVAL;
 		if (reserve(s, s->n + 1) < 0)
 			return -ENOMEM;
-		s->kv[s->n++] = (struct attr_kv){ .id = id, .len = vlen, .val = (const char *)p };
-		p += vlen;
+		s->kv[s->n++] = kv;
 	}
-	return 0;
+	return r;
 }
 
 int attrset_encode(const struct attrset *s, struct buf *out)

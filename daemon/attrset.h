@@ -30,6 +30,10 @@ static inline void attrset_clear(struct attrset *s) { s->n = 0; }
 /* Replaces the set's contents with the blob's; values point into blob, which must
  * outlive the set's use. Returns 0, -EINVAL for a corrupt blob, or -ENOMEM. */
 int attrset_decode(struct attrset *s, const void *blob, size_t len);
+/* Steps through a blob without decoding it into a set: the entry at *pos goes to
+ * *kv (its value points into the blob) and *pos moves past it. Returns 1, 0 at
+ * the end, or -EINVAL for a corrupt entry. */
+int attrset_blob_next(const unsigned char **pos, const unsigned char *end, struct attr_kv *kv);
 /* Appends the blob form to out. Returns 0 or -ENOMEM. */
 int attrset_encode(const struct attrset *s, struct buf *out);
 
