@@ -267,8 +267,7 @@ out:
 	return r < 0 ? r : id;
 }
 
-/* Reads the header ids of batch id into *ids. */
-static int read_header(struct store *st, int64_t id, uint32_t **ids, size_t *n)
+int batch_header_ids(struct store *st, int64_t id, uint32_t **ids, size_t *n)
 {
 	sqlite3_stmt *s = store_stmt(st, "SELECT header FROM batches WHERE id = ?");
 	if (!s)
@@ -310,86 +309,91 @@ static int put_encoded(struct buf *line, const char *s, size_t len)
 	return 0;
 }
 
-#define BODY_CHUNK (1u << 20) /* rows are gathered and written this much at a time */
-
-/* The body writer's view of a batch: the column of each attribute id (1-based;
- * 0: not in the header) and the current row's value per column. */
-struct body_columns {
-	uint32_t *col_of;
-	uint32_t n_ids;
-	struct attr_kv *slot; /* per column; len 0: no value */
-};
-
-static int body_columns_init(struct body_columns *bc, const uint32_t *ids, size_t n)
+int body_writer_init(struct body_writer *w, const uint32_t *ids, size_t n)
 {
+	memset(w, 0, sizeof(*w));
+	buf_init(&w->out);
 	uint32_t max = 0;
 	for (size_t i = 0; i < n; i++)
 		max = ids[i] > max ? ids[i] : max;
-	bc->n_ids = max + 1;
-	bc->col_of = calloc(bc->n_ids, sizeof(*bc->col_of));
-	bc->slot = calloc(n + 1, sizeof(*bc->slot));
-	if (!bc->col_of || !bc->slot)
+	w->n_cols = n;
+	w->n_ids = max + 1;
+	w->col_of = calloc(w->n_ids, sizeof(*w->col_of));
+	w->slot = calloc(n + 1, sizeof(*w->slot));
+	if (!w->col_of || !w->slot)
 		return -ENOMEM;
 	for (size_t i = 0; i < n; i++)
-		bc->col_of[ids[i]] = (uint32_t)i + 1;
+		w->col_of[ids[i]] = (uint32_t)i + 1;
 	return 0;
 }
 
-/* Appends one encoded row: the profile id, then each column's value in header
- * order, comma-separated. The row's blob is walked once, without building a set. */
-static int put_row(struct buf *out, struct body_columns *bc, size_t n, const char *profile, size_t profile_len,
-		   const unsigned char *blob, size_t blob_len)
+int body_writer_row(struct body_writer *w, const char *profile, size_t profile_len, const void *blob, size_t blob_len)
 {
-	const unsigned char *p = blob, *end = blob + blob_len;
+	const unsigned char *p = blob, *end = p + blob_len;
 	struct attr_kv kv;
 	int r;
 	while ((r = attrset_blob_next(&p, end, &kv)) > 0)
-		if (kv.id < bc->n_ids && bc->col_of[kv.id])
-			bc->slot[bc->col_of[kv.id] - 1] = kv;
-	if (r < 0 || buf_reserve(out, 3 * (profile_len + blob_len) + n + 1) < 0) {
-		for (size_t c = 0; c < n; c++)
-			bc->slot[c].len = 0;
+		if (kv.id < w->n_ids && w->col_of[kv.id])
+			w->slot[w->col_of[kv.id] - 1] = kv;
+	if (r < 0 || buf_reserve(&w->out, 3 * (profile_len + blob_len) + w->n_cols + 1) < 0) {
+		for (size_t c = 0; c < w->n_cols; c++)
+			w->slot[c].len = 0;
 		return r < 0 ? r : -ENOMEM;
 	}
 	/* The values are part of the blob, so 3x its size bounds their encoding. */
-	char *o = out->data + out->len;
+	char *o = w->out.data + w->out.len;
 	o += pctenc_encode(profile, profile_len, o);
-	for (size_t c = 0; c < n; c++) {
+	for (size_t c = 0; c < w->n_cols; c++) {
 		*o++ = ',';
-		if (bc->slot[c].len) {
-			o += pctenc_encode(bc->slot[c].val, bc->slot[c].len, o);
-			bc->slot[c].len = 0;
+		if (w->slot[c].len) {
+			o += pctenc_encode(w->slot[c].val, w->slot[c].len, o);
+			w->slot[c].len = 0;
 		}
 	}
 	*o++ = '\n';
-	out->len = (size_t)(o - out->data);
+	w->out.len = (size_t)(o - w->out.data);
 	return 0;
+}
+
+int body_writer_flush(struct body_writer *w, FILE *out, size_t at_least)
+{
+	if (w->out.len < at_least || w->out.len == 0)
+		return 0;
+	if (fwrite(w->out.data, 1, w->out.len, out) != w->out.len)
+		return -EIO;
+	w->written += (int64_t)w->out.len;
+	buf_reset(&w->out);
+	return 0;
+}
+
+void body_writer_finish(struct body_writer *w)
+{
+	free(w->col_of);
+	free(w->slot);
+	buf_finish(&w->out);
 }
 
 int64_t batch_write_body(struct store *st, const struct config *cfg, int64_t id, FILE *out)
 {
 	uint32_t *ids = NULL;
 	size_t n = 0;
-	struct body_columns bc = { 0 };
-	struct buf chunk;
-	int64_t total = 0;
-	int r = read_header(st, id, &ids, &n);
+	struct body_writer w;
+	int r = batch_header_ids(st, id, &ids, &n);
 	if (r < 0)
 		return r;
-	buf_init(&chunk);
-	r = body_columns_init(&bc, ids, n);
+	r = body_writer_init(&w, ids, n);
 	if (r == 0)
-		r = buf_append(&chunk, "batch=", 6);
+		r = buf_append(&w.out, "batch=", 6);
 	if (r == 0)
-		r = buf_append(&chunk, id_header(cfg), strlen(id_header(cfg)));
+		r = buf_append(&w.out, id_header(cfg), strlen(id_header(cfg)));
 	for (size_t i = 0; i < n && r == 0; i++) {
 		const char *name = store_attr_name(st, ids[i]);
-		r = buf_putc(&chunk, ',');
+		r = buf_putc(&w.out, ',');
 		if (r == 0)
-			r = put_encoded(&chunk, name, strlen(name));
+			r = put_encoded(&w.out, name, strlen(name));
 	}
 	if (r == 0)
-		r = buf_putc(&chunk, '\n');
+		r = buf_putc(&w.out, '\n');
 	sqlite3_stmt *s = store_stmt(st, "SELECT profile, attrs FROM batch_rows WHERE batch_id = ? ORDER BY profile");
 	if (!s) {
 		r = -EIO;
@@ -397,26 +401,18 @@ int64_t batch_write_body(struct store *st, const struct config *cfg, int64_t id,
 	}
 	sqlite3_bind_int64(s, 1, id);
 	while (r == 0 && sqlite3_step(s) == SQLITE_ROW) {
-		r = put_row(&chunk, &bc, n, (const char *)sqlite3_column_text(s, 0), (size_t)sqlite3_column_bytes(s, 0),
-			    sqlite3_column_blob(s, 1), (size_t)sqlite3_column_bytes(s, 1));
-		if (r == 0 && chunk.len >= BODY_CHUNK) {
-			if (fwrite(chunk.data, 1, chunk.len, out) != chunk.len)
-				r = -EIO;
-			total += (int64_t)chunk.len;
-			buf_reset(&chunk);
-		}
+		r = body_writer_row(&w, (const char *)sqlite3_column_text(s, 0), (size_t)sqlite3_column_bytes(s, 0),
+				    sqlite3_column_blob(s, 1), (size_t)sqlite3_column_bytes(s, 1));
+		if (r == 0)
+			r = body_writer_flush(&w, out, BODY_WRITER_CHUNK);
 	}
 	sqlite3_reset(s);
-	if (r == 0 && chunk.len) {
-		if (fwrite(chunk.data, 1, chunk.len, out) != chunk.len)
-			r = -EIO;
-		total += (int64_t)chunk.len;
-	}
+	if (r == 0)
+		r = body_writer_flush(&w, out, 0);
 out:
 	free(ids);
-	free(bc.col_of);
-	free(bc.slot);
-	buf_finish(&chunk);
+	int64_t total = w.written;
+	body_writer_finish(&w);
 	if (r < 0)
 		return r;
 	if (fflush(out) != 0 || ferror(out))

@@ -25,6 +25,33 @@ int64_t batch_build(struct store *st, const struct config *cfg, int64_t max_rows
  * written, or a negative errno. */
 int64_t batch_write_body(struct store *st, const struct config *cfg, int64_t id, FILE *out);
 
+/* The header's attribute ids of batch id, in column order, into a malloc'd
+ * *ids (the caller frees it). Returns 0, -ENOENT, -EIO or -ENOMEM. */
+int batch_header_ids(struct store *st, int64_t id, uint32_t **ids, size_t *n);
+
+/* The encoder behind batch_write_body, for rows from anywhere: rows appended
+ * with body_writer_row go to w->out in header order (ids: the header's
+ * attribute ids), and body_writer_flush writes w->out to a file once it holds
+ * at_least bytes (0: whatever it holds). */
+#define BODY_WRITER_CHUNK (1u << 20)
+struct body_writer {
+	uint32_t *col_of;     /* 1-based column of each attribute id; 0: not in the header */
+	uint32_t n_ids;
+	size_t n_cols;
+	struct attr_kv *slot; /* the current row's value per column; len 0: none */
+	struct buf out;
+	int64_t written;      /* bytes flushed so far */
+};
+
+/* Returns 0 or -ENOMEM (w must still be finished). */
+int body_writer_init(struct body_writer *w, const uint32_t *ids, size_t n);
+/* Appends profile's row from its attribute blob. Returns 0, -EINVAL for a
+ * corrupt blob, or -ENOMEM. */
+int body_writer_row(struct body_writer *w, const char *profile, size_t profile_len, const void *blob, size_t blob_len);
+/* Returns 0 or -EIO. */
+int body_writer_flush(struct body_writer *w, FILE *out, size_t at_least);
+void body_writer_finish(struct body_writer *w);
+
 /* Target accepted batch id: its values become the mirror (accepted) and leave
  * in-flight. Runs inside the caller's transaction. Returns 0 or a negative errno. */
 int batch_accept(struct store *st, int64_t id);
