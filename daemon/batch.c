@@ -303,7 +303,7 @@ int batch_header_ids(struct store *st, int64_t id, uint32_t **ids, size_t *n)
 /* Appends the encoding of len bytes to line. */
 static int put_encoded(struct buf *line, const char *s, size_t len)
 {
-	if (buf_reserve(line, len * 3) < 0)
+	if (buf_reserve(line, len * 3 + PCTENC_SLACK) < 0)
 		return -ENOMEM;
 	line->len += pctenc_encode(s, len, line->data + line->len);
 	return 0;
@@ -335,7 +335,7 @@ int body_writer_row(struct body_writer *w, const char *profile, size_t profile_l
 	while ((r = attrset_blob_next(&p, end, &kv)) > 0)
 		if (kv.id < w->n_ids && w->col_of[kv.id])
 			w->slot[w->col_of[kv.id] - 1] = kv;
-	if (r < 0 || buf_reserve(&w->out, 3 * (profile_len + blob_len) + w->n_cols + 1) < 0) {
+	if (r < 0 || buf_reserve(&w->out, 3 * (profile_len + blob_len) + w->n_cols + 1 + PCTENC_SLACK) < 0) {
 		for (size_t c = 0; c < w->n_cols; c++)
 			w->slot[c].len = 0;
 		return r < 0 ? r : -ENOMEM;
@@ -346,7 +346,7 @@ int body_writer_row(struct body_writer *w, const char *profile, size_t profile_l
 	for (size_t c = 0; c < w->n_cols; c++) {
 		*o++ = ',';
 		if (w->slot[c].len) {
-			o += pctenc_encode(w->slot[c].val, w->slot[c].len, o);
+			o += pctenc_encode_within(w->slot[c].val, w->slot[c].len, o, blob, (const char *)end);
 			w->slot[c].len = 0;
 		}
 	}

@@ -6,8 +6,9 @@
 #include <errno.h>
 #include <stdbool.h>
 #include <string.h>
-#if defined(__SSE2__)
-#include <emmintrin.h>
+#include <stdlib.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <tmmintrin.h>
 #endif
 
 static bool is_plain(unsigned char c)
@@ -50,55 +51,135 @@ size_t pctenc_encoded_len(const char *src, size_t len)
 	return n;
 }
 
-#if defined(__SSE2__)
-/* Bit i set when byte i (of 16) needs no encoding: a letter, digit, - . _ ~. */
-static inline unsigned plain_mask16(__m128i c)
+static size_t encode_scalar(const char *src, size_t len, char *dst)
 {
-	/* OR 0x20 folds A-Z onto a-z and maps nothing else into it. */
-	__m128i t = _mm_sub_epi8(_mm_or_si128(c, _mm_set1_epi8(0x20)), _mm_set1_epi8('a'));
-	__m128i letter = _mm_cmpeq_epi8(_mm_min_epu8(t, _mm_set1_epi8(25)), t);
-	__m128i d = _mm_sub_epi8(c, _mm_set1_epi8('0'));
-	__m128i digit = _mm_cmpeq_epi8(_mm_min_epu8(d, _mm_set1_epi8(9)), d);
-	__m128i sym = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(c, _mm_set1_epi8('-')), _mm_cmpeq_epi8(c, _mm_set1_epi8('.'))),
-				   _mm_or_si128(_mm_cmpeq_epi8(c, _mm_set1_epi8('_')), _mm_cmpeq_epi8(c, _mm_set1_epi8('~'))));
-	return (unsigned)_mm_movemask_epi8(_mm_or_si128(_mm_or_si128(letter, digit), sym));
-}
-#endif
-
-size_t pctenc_encode(const char *src, size_t len, char *dst)
-{
-	if (!table_ready)
-		build_table();
 	char *out = dst;
-	size_t i = 0;
-#if defined(__SSE2__)
-	/* 16 bytes at a time: store them as they are, keep the plain prefix, and
-	 * encode the first byte that is not plain. The stores stay inside dst's
-	 * worst case (3 * len) because 16 or more input bytes remain. */
-	while (len - i >= 16) {
-		__m128i c = _mm_loadu_si128((const __m128i *)(const void *)(src + i));
-		unsigned plain = plain_mask16(c);
-		_mm_storeu_si128((__m128i *)(void *)out, c);
-		if (plain == 0xFFFF) {
-			out += 16;
-			i += 16;
-			continue;
-		}
-		unsigned k = (unsigned)__builtin_ctz(~plain);
-		out += k;
-		i += k;
-		unsigned char b = (unsigned char)src[i++];
-		memcpy(out, table[b].text, 3);
-		out += table[b].len;
-	}
-#endif
-	for (; i < len; i++) {
+	for (size_t i = 0; i < len; i++) {
 		unsigned char c = (unsigned char)src[i];
 		/* Copy three bytes always (dst has room for the worst case). */
 		memcpy(out, table[c].text, 3);
 		out += table[c].len;
 	}
 	return (size_t)(out - dst);
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+/* SSSE3, 16 bytes at a time without branching on the data: each byte becomes
+ * a 4-byte group "c??" (plain) or "%HL" (not plain), and one pshufb per group
+ * of four input bytes keeps 1 or 3 bytes of each, picked by a 16-entry table
+ * indexed by which of the four need encoding. Every store is 16 bytes, so
+ * dst needs PCTENC_SLACK bytes past the worst case. */
+static unsigned char compact[16][16]; /* pshufb pattern per 4-bit "needs encoding" mask */
+static unsigned char compact_len[16];   /* 4 + 2 per byte that needs encoding */
+static unsigned char shift_down[17][16]; /* pshufb pattern moving bytes k..15 to 0.. */
+
+static void build_compact(void)
+{
+	for (unsigned m = 0; m < 16; m++) {
+		unsigned n = 0;
+		for (unsigned j = 0; j < 4; j++) {
+			compact[m][n++] = (unsigned char)(4 * j);
+			if (m & (1u << j)) {
+				compact[m][n++] = (unsigned char)(4 * j + 1);
+				compact[m][n++] = (unsigned char)(4 * j + 2);
+			}
+		}
+		compact_len[m] = (unsigned char)n;
+		while (n < 16)
+			compact[m][n++] = 0x80;
+	}
+	for (unsigned k = 0; k <= 16; k++)
+		for (unsigned j = 0; j < 16; j++)
+			shift_down[k][j] = (unsigned char)(k + j < 16 ? k + j : 0x80);
+}
+
+/* Encodes the first r (1 to 16) bytes of c; the rest are ignored. */
+__attribute__((target("ssse3"))) static inline char *encode_block(__m128i c, unsigned r, char *out)
+{
+	/* Plain: letters (OR 0x20 folds A-Z onto a-z and nothing else), digits, - . _ ~ */
+	__m128i t = _mm_sub_epi8(_mm_or_si128(c, _mm_set1_epi8(0x20)), _mm_set1_epi8('a'));
+	__m128i plain = _mm_cmpeq_epi8(_mm_min_epu8(t, _mm_set1_epi8(25)), t);
+	__m128i d = _mm_sub_epi8(c, _mm_set1_epi8('0'));
+	plain = _mm_or_si128(plain, _mm_cmpeq_epi8(_mm_min_epu8(d, _mm_set1_epi8(9)), d));
+	plain = _mm_or_si128(plain, _mm_or_si128(_mm_cmpeq_epi8(c, _mm_set1_epi8('-')), _mm_cmpeq_epi8(c, _mm_set1_epi8('.'))));
+	plain = _mm_or_si128(plain, _mm_or_si128(_mm_cmpeq_epi8(c, _mm_set1_epi8('_')), _mm_cmpeq_epi8(c, _mm_set1_epi8('~'))));
+	unsigned special = ~(unsigned)_mm_movemask_epi8(plain) & ((1u << r) - 1);
+	if (special == 0) {
+		_mm_storeu_si128((__m128i *)(void *)out, c);
+		return out + r;
+	}
+	const __m128i hex = _mm_setr_epi8('0', '1', '2', '3', '4', '5', '6', '7', '8', '9', 'A', 'B', 'C', 'D', 'E', 'F');
+	__m128i nib = _mm_set1_epi8(0x0f);
+	__m128i hi = _mm_shuffle_epi8(hex, _mm_and_si128(_mm_srli_epi16(c, 4), nib));
+	__m128i lo = _mm_shuffle_epi8(hex, _mm_and_si128(c, nib));
+	__m128i first = _mm_or_si128(_mm_and_si128(plain, c), _mm_andnot_si128(plain, _mm_set1_epi8('%')));
+	__m128i a = _mm_unpacklo_epi8(first, hi), b = _mm_unpacklo_epi8(lo, lo);
+	__m128i g[4] = { _mm_unpacklo_epi16(a, b), _mm_unpackhi_epi16(a, b) };
+	a = _mm_unpackhi_epi8(first, hi);
+	b = _mm_unpackhi_epi8(lo, lo);
+	g[2] = _mm_unpacklo_epi16(a, b);
+	g[3] = _mm_unpackhi_epi16(a, b);
+	for (unsigned k = 0; k < 4 && 4 * k < r; k++) {
+		unsigned m = (special >> (4 * k)) & 15;
+		__m128i o = _mm_shuffle_epi8(g[k], _mm_loadu_si128((const __m128i *)(const void *)compact[m]));
+		_mm_storeu_si128((__m128i *)(void *)out, o);
+		/* Bytes past r count as plain, so they come last and are left out. */
+		unsigned valid = r - 4 * k < 4 ? r - 4 * k : 4;
+		out += valid + compact_len[m] - 4u;
+	}
+	return out;
+}
+
+/* The last r (< 16) bytes at src: loaded in place when 16 readable bytes start
+ * there or end at src + r (then moved down), else through a copy. */
+__attribute__((target("ssse3"))) static inline __m128i load_tail(const char *src, unsigned r, const char *lo,
+								  const char *hi)
+{
+	if (hi - src >= 16)
+		return _mm_loadu_si128((const __m128i *)(const void *)src);
+	if (src + r - lo >= 16) {
+		__m128i c = _mm_loadu_si128((const __m128i *)(const void *)(src + r - 16));
+		return _mm_shuffle_epi8(c, _mm_loadu_si128((const __m128i *)(const void *)shift_down[16 - r]));
+	}
+	char tail[16] = { 0 };
+	memcpy(tail, src, r);
+	return _mm_loadu_si128((const __m128i *)(const void *)tail);
+}
+
+__attribute__((target("ssse3"))) static size_t encode_ssse3(const char *src, size_t len, char *dst, const char *lo,
+							    const char *hi)
+{
+	char *out = dst;
+	size_t i = 0;
+	for (; len - i >= 16; i += 16)
+		out = encode_block(_mm_loadu_si128((const __m128i *)(const void *)(src + i)), 16, out);
+	if (i < len)
+		out = encode_block(load_tail(src + i, (unsigned)(len - i), lo, hi), (unsigned)(len - i), out);
+	return (size_t)(out - dst);
+}
+#endif
+
+static bool use_ssse3;
+
+size_t pctenc_encode_within(const char *src, size_t len, char *dst, const char *lo, const char *hi)
+{
+	if (!table_ready) {
+		build_table();
+#if defined(__x86_64__) || defined(__i386__)
+		build_compact();
+		use_ssse3 = __builtin_cpu_supports("ssse3") && !getenv("TPSYNC_PCTENC_SCALAR");
+#endif
+	}
+#if defined(__x86_64__) || defined(__i386__)
+	if (use_ssse3)
+		return encode_ssse3(src, len, dst, lo, hi);
+#endif
+	return encode_scalar(src, len, dst);
+}
+
+size_t pctenc_encode(const char *src, size_t len, char *dst)
+{
+	return pctenc_encode_within(src, len, dst, src, src + len);
 }
 
 static int hexval(char c)

@@ -8,11 +8,18 @@
 /* Number of bytes pctenc_encode() writes for these len bytes. */
 size_t pctenc_encoded_len(const char *src, size_t len);
 
-/* Percent-encodes len bytes of src into dst, which must hold 3 * len bytes (the
- * worst case; pctenc_encoded_len() bytes are used); does not NUL-terminate. Letters, digits and "-._~" stay as they are; every
+/* The encoder stores 16 bytes at a time, up to this many past what it uses. */
+#define PCTENC_SLACK 16
+
+/* Percent-encodes len bytes of src into dst, which must hold 3 * len +
+ * PCTENC_SLACK bytes (the worst case plus the slack; pctenc_encoded_len() bytes
+ * are used); does not NUL-terminate. Letters, digits and "-._~" stay as they are; every
  * other byte (including "%", "&", "+", "=", ",", newlines and UTF-8 bytes) becomes
  * %XX, which is what Target's form decoding needs. Returns the bytes written. */
 size_t pctenc_encode(const char *src, size_t len, char *dst);
+/* The same, for src inside a larger buffer [lo, hi) that may be read whole:
+ * short cells are then loaded 16 bytes at a time in place instead of copied. */
+size_t pctenc_encode_within(const char *src, size_t len, char *dst, const char *lo, const char *hi);
 
 /* Decodes form-urlencoded text ("%XX" and "+" as space) of len bytes into dst (at
  * least len bytes). Returns the decoded length, or -EINVAL on a "%" not followed by
