@@ -459,8 +459,8 @@ static const char *convert(struct pg_source *x, PGresult *res, int row, int c, s
 	case OID_TIMESTAMPTZ: {
 		if (len < 10 || v[0] < '0' || v[0] > '9' || strstr(v, " BC"))
 			return "a date or timestamp that is infinite or before year 1";
-		if (x->types[c] == OID_DATE || len < 11)
-			return "";
+		if (x->types[c] == OID_DATE || len < 11 || v[10] != ' ')
+			return ""; /* a date, or a year past 9999: as printed */
 		/* "2026-11-29 01:10:08.5+00" -> "2026-11-29T01:10:08.5Z" */
 		bool is_utc = x->types[c] == OID_TIMESTAMPTZ && strcmp(v + len - 3, "+00") == 0;
 		out->ptr = NULL;
@@ -483,7 +483,12 @@ static int stage_slice(struct source *s, PGresult *res)
 	struct pg_source *x = s->pg;
 	struct db_mapping *m = &x->map;
 	int rows = PQntuples(res), r;
-	if (rows > 0 && PQnfields(res) != m->n_cols) {
+	if (rows == 0) {
+		x->is_from_start = false;
+		x->slice_rows = 0;
+		return 0;
+	}
+	if (PQnfields(res) != m->n_cols) {
 		db_note(s, "the query's columns changed while running");
 		return -EINVAL;
 	}
@@ -508,7 +513,7 @@ static int stage_slice(struct source *s, PGresult *res)
 		const char *id = PQgetisnull(res, row, m->id_col) ? NULL : PQgetvalue(res, row, m->id_col);
 		r = db_stage_row(s, m, id, id ? (size_t)PQgetlength(res, row, m->id_col) : 0, why);
 	}
-	if (r == 0 && rows > 0) {
+	if (r == 0) {
 		const char *cur = PQgetvalue(res, rows - 1, m->cursor_col);
 		const char *id = PQgetvalue(res, rows - 1, m->id_col);
 		sqlite3_stmt *u = db_position_stmt(s);
