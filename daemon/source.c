@@ -9,7 +9,6 @@
 #include <sys/inotify.h>
 #include <unistd.h>
 
-#include "build_config.h"
 #include "log.h"
 
 int source_create(struct daemon *d, const struct source_config *cfg, struct source **out)
@@ -32,11 +31,7 @@ int source_create(struct daemon *d, const struct source_config *cfg, struct sour
 		r = sqlite_source_watch(s);
 		break;
 	default:
-#if HAVE_LIBPQ
 		r = pg_source_watch(s);
-#else
-		r = -ENOTSUP; /* the config loader rejects it first */
-#endif
 		break;
 	}
 	if (r < 0) {
@@ -52,23 +47,12 @@ void source_destroy(struct source *s)
 	if (!s)
 		return;
 	sqlite_source_close(s);
-#if HAVE_LIBPQ
 	pg_source_close(s);
-#endif
 	if (s->ev)
 		event_free(s->ev);
 	if (s->inotify_fd >= 0)
 		close(s->inotify_fd);
 	free(s);
-}
-
-static int pg_scan(struct source *s, bool from_start)
-{
-#if HAVE_LIBPQ
-	return pg_source_scan(s, from_start);
-#else
-	return -ENOTSUP;
-#endif
 }
 
 int source_scan(struct source *s)
@@ -81,7 +65,7 @@ int source_scan(struct source *s)
 	case SOURCE_SQLITE:
 		return sqlite_source_scan(s, false);
 	default:
-		return pg_scan(s, false);
+		return pg_source_scan(s, false);
 	}
 }
 
@@ -91,7 +75,7 @@ int source_rescan(struct source *s)
 	case SOURCE_SQLITE:
 		return sqlite_source_scan(s, true);
 	case SOURCE_POSTGRES:
-		return pg_scan(s, true);
+		return pg_source_scan(s, true);
 	default:
 		return source_scan(s);
 	}
@@ -103,11 +87,7 @@ bool source_is_caught_up(const struct source *s)
 	case SOURCE_SQLITE:
 		return sqlite_source_is_caught_up(s);
 	case SOURCE_POSTGRES:
-#if HAVE_LIBPQ
 		return pg_source_is_caught_up(s);
-#else
-		return true;
-#endif
 	default:
 		return true;
 	}

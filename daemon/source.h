@@ -4,7 +4,10 @@
 #ifndef TPSYNC_SOURCE_H
 #define TPSYNC_SOURCE_H
 
+#include <errno.h>
+
 #include "attrset.h"
+#include "build_config.h"
 #include "daemon.h"
 #include "ingest.h"
 #include "stage.h"
@@ -57,10 +60,19 @@ bool sqlite_source_is_caught_up(const struct source *s);
 void sqlite_source_close(struct source *s);
 
 /* source_postgres.c (built with libpq): like the SQLite source, plus LISTEN. */
+#if HAVE_LIBPQ
 int pg_source_watch(struct source *s);
 int pg_source_scan(struct source *s, bool from_start);
 bool pg_source_is_caught_up(const struct source *s);
 void pg_source_close(struct source *s);
+#else
+/* Built without libpq (-Dpostgres=disabled): the config loader refuses
+ * type: postgres, so these are never reached with such a source. */
+static inline int pg_source_watch(struct source *s) { return -ENOTSUP; }
+static inline int pg_source_scan(struct source *s, bool from_start) { return -ENOTSUP; }
+static inline bool pg_source_is_caught_up(const struct source *s) { return true; }
+static inline void pg_source_close(struct source *s) { }
+#endif
 
 /* source_db.c: what the database sources share. A mapping turns one query's
  * result columns into attributes (id_column, cursor_column, exclude, columns). */
