@@ -37,20 +37,6 @@ static int reserve(struct attrset *s, size_t need)
 	return 0;
 }
 
-static const unsigned char *get_varint(const unsigned char *p, const unsigned char *end, uint32_t *out)
-{
-	uint32_t v = 0;
-	for (int shift = 0; shift < 35 && p < end; shift += 7) {
-		unsigned char c = *p++;
-		v |= (uint32_t)(c & 0x7f) << shift;
-		if (!(c & 0x80)) {
-			*out = v;
-			return p;
-		}
-	}
-	return NULL;
-}
-
 static int put_varint(struct buf *out, uint32_t v)
 {
 	unsigned char tmp[5];
@@ -63,23 +49,6 @@ static int put_varint(struct buf *out, uint32_t v)
 		n++;
 	} while (v);
 	return buf_append(out, tmp, n);
-}
-
-int attrset_blob_next(const unsigned char **pos, const unsigned char *end, struct attr_kv *kv)
-{
-	const unsigned char *p = *pos;
-	if (p >= end)
-		return 0;
-	uint32_t id, vlen;
-	p = get_varint(p, end, &id);
-	if (!p)
-		return -EINVAL;
-	p = get_varint(p, end, &vlen);
-	if (!p || vlen > (size_t)(end - p))
-		return -EINVAL;
-	*kv = (struct attr_kv){ .id = id, .len = vlen, .val = (const char *)p };
-	*pos = p + vlen;
-	return 1;
 }
 
 int attrset_decode(struct attrset *s, const void *blob, size_t len)

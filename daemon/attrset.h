@@ -7,6 +7,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <errno.h>
 #include <string.h>
 
 #include "buf.h"
@@ -33,7 +34,39 @@ int attrset_decode(struct attrset *s, const void *blob, size_t len);
 /* Steps through a blob without decoding it into a set: the entry at *pos goes to
  * *kv (its value points into the blob) and *pos moves past it. Returns 1, 0 at
  * the end, or -EINVAL for a corrupt entry. */
-int attrset_blob_next(const unsigned char **pos, const unsigned char *end, struct attr_kv *kv);
+static inline const unsigned char *attrset_get_varint(const unsigned char *p, const unsigned char *end, uint32_t *out)
+{
+	uint32_t v = 0;
+	for (int shift = 0; shift < 35 && p < end; shift += 7) {
+		unsigned char c = *p++;
+		v |= (uint32_t)(c & 0x7f) << shift;
+		if (!(c & 0x80)) {
+			*out = v;
+			return p;
+		}
+	}
+	return NULL;
+}
+
+/* Inline: the batch encoder calls it for every value of every row. */
+static inline int attrset_blob_next(const unsigned char **pos, const unsigned char *end, struct attr_kv *kv)
+{
+	const unsigned char *p = *pos;
+	if (p >= end)
+		return 0;
+	uint32_t id, vlen;
+	p = attrset_get_varint(p, end, &id);
+	if (!p)
+		return -EINVAL;
+	p = attrset_get_varint(p, end, &vlen);
+	if (!p || vlen > (size_t)(end - p))
+		return -EINVAL;
+	kv->id = id;
+	kv->len = vlen;
+	kv->val = (const char *)p;
+	*pos = p + vlen;
+	return 1;
+}
 /* Appends the blob form to out. Returns 0 or -ENOMEM. */
 int attrset_encode(const struct attrset *s, struct buf *out);
 

@@ -332,9 +332,13 @@ int body_writer_row(struct body_writer *w, const char *profile, size_t profile_l
 	const unsigned char *p = blob, *end = p + blob_len;
 	struct attr_kv kv;
 	int r;
-	while ((r = attrset_blob_next(&p, end, &kv)) > 0)
-		if (kv.id < w->n_ids && w->col_of[kv.id])
-			w->slot[w->col_of[kv.id] - 1] = kv;
+	while ((r = attrset_blob_next(&p, end, &kv)) > 0) {
+		uint32_t c = kv.id < w->n_ids ? w->col_of[kv.id] : 0;
+		if (c) {
+			w->slot[c - 1].val = kv.val;
+			w->slot[c - 1].len = kv.len;
+		}
+	}
 	if (r < 0 || buf_reserve(&w->out, 3 * (profile_len + blob_len) + w->n_cols + 1 + PCTENC_SLACK) < 0) {
 		for (size_t c = 0; c < w->n_cols; c++)
 			w->slot[c].len = 0;

@@ -167,7 +167,8 @@ size_t pctenc_encode_within(const char *src, size_t len, char *dst, const char *
 		build_table();
 #if defined(__x86_64__) || defined(__i386__)
 		build_compact();
-		use_ssse3 = __builtin_cpu_supports("ssse3") && !getenv("TPSYNC_PCTENC_SCALAR");
+		const char *force = getenv("TPSYNC_PCTENC"); /* "scalar": for the tests */
+		use_ssse3 = __builtin_cpu_supports("ssse3") && !(force && strcmp(force, "scalar") == 0);
 #endif
 	}
 #if defined(__x86_64__) || defined(__i386__)
