@@ -172,7 +172,7 @@ static void print_sources(json_t *sources)
 	size_t i;
 	json_t *s;
 	printf("%-12s %-9s %6s %6s %10s %10s %9s  %s\n", "SOURCE", "TYPE", "FILES", "FAILED", "ROWS", "STAGED", "REJECTED",
-	       "LAST FILE");
+	       "LAST FILE OR DATABASE POSITION");
 	json_array_foreach(sources, i, s) {
 		char ago[32], rows[16], staged[16];
 		fmt_ago(json_object_get(s, "last_file_at"), ago, sizeof(ago));

@@ -99,6 +99,9 @@ int db_stage_row(struct source *s, struct db_mapping *m, const char *id, size_t 
 
 /* Sets s->stats.last_error. */
 void db_note(struct source *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Shows where reading has got to (tpsyncctl sources' "last" column): called
+ * after a slice commits, with the last row's cursor and id as text. */
+void db_note_position(struct source *s, const char *cursor, const char *id);
 /* True when the last error is about one rejected row, not the source itself. */
 bool db_is_row_note(const struct source *s);
 

@@ -135,6 +135,13 @@ int db_position_save(sqlite3_stmt *u)
 	return rc == SQLITE_DONE ? 0 : -EIO;
 }
 
+void db_note_position(struct source *s, const char *cursor, const char *id)
+{
+	snprintf(s->stats.last_file, sizeof(s->stats.last_file), "%s=%.96s %s=%.64s", s->cfg->cursor_column, cursor,
+		 s->cfg->id_column, id);
+	s->stats.last_file_at = now_ms();
+}
+
 bool db_is_row_note(const struct source *s)
 {
 	return strncmp(s->stats.last_error, "row with id", 11) == 0;

@@ -87,15 +87,20 @@ struct pg_source {
 
 static void on_io(evutil_socket_t fd, short what, void *arg);
 
-/* libpq's messages end in newlines and may span lines; the log wants one. */
+/* libpq's messages end in newlines and may span lines; the log wants one line,
+ * with runs of whitespace as one space and double quotes as single ones. */
 static const char *one_line(const char *msg, char *out, size_t size)
 {
 	size_t n = 0;
-	for (const char *p = msg ? msg : ""; *p && n + 1 < size; p++)
-		out[n++] = (*p == '\n' || *p == '\r' || *p == '"') ? (p[1] ? ' ' : '\0') : *p;
+	for (const char *p = msg ? msg : ""; *p && n + 1 < size; p++) {
+		bool is_space = *p == '\n' || *p == '\r' || *p == '\t' || *p == ' ';
+		if (is_space && (n == 0 || out[n - 1] == ' '))
+			continue;
+		out[n++] = is_space ? ' ' : *p == '"' ? '\'' : *p;
+	}
+	while (n > 0 && out[n - 1] == ' ')
+		n--;
 	out[n] = '\0';
-	while (n > 0 && (out[n - 1] == ' ' || out[n - 1] == '\0'))
-		out[--n] = '\0';
 	return out;
 }
 
@@ -537,7 +542,10 @@ static int stage_slice(struct source *s, PGresult *res)
 	}
 	x->is_from_start = false;
 	x->slice_rows = rows;
-	return load_position(s);
+	r = load_position(s);
+	if (r == 0)
+		db_note_position(s, x->cursor, x->last_id);
+	return r;
 }
 
 /* A read was asked for (a notification, the poll, a rescan, a full slice). */

@@ -176,6 +176,23 @@ static int save_position(struct source *s)
 	return db_position_save(u);
 }
 
+/* v as text for display (numbers formatted here, so v itself is not converted). */
+static const char *value_text(sqlite3_value *v, char *out, size_t size)
+{
+	switch (sqlite3_value_type(v)) {
+	case SQLITE_INTEGER:
+		snprintf(out, size, "%lld", (long long)sqlite3_value_int64(v));
+		return out;
+	case SQLITE_FLOAT:
+		snprintf(out, size, "%.17g", sqlite3_value_double(v));
+		return out;
+	case SQLITE_TEXT:
+		return (const char *)sqlite3_value_text(v);
+	default:
+		return "?";
+	}
+}
+
 /* Reads and stages one slice. Returns 1 when the slice was full (more may
  * follow), 0 when caught up, -EAGAIN when the source was locked, < 0 on errors. */
 static int read_slice(struct source *s)
@@ -253,10 +270,15 @@ static int read_slice(struct source *s)
 	if (r == 0 && rows > 0)
 		r = save_position(s);
 	r = db_slice_end(s, r, rows);
-	if (r < 0)
+	if (r < 0) {
 		load_position(s); /* the slice is read again */
-	else
+	} else {
 		x->is_from_start = false;
+		if (rows > 0) {
+			char cur[64], id[64];
+			db_note_position(s, value_text(x->cursor, cur, sizeof(cur)), value_text(x->last_id, id, sizeof(id)));
+		}
+	}
 out:
 	sqlite3_reset(x->q); /* releases the read lock on the source at once */
 	return r < 0 ? r : rows == SQLITE_SLICE_ROWS;

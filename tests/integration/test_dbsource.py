@@ -87,6 +87,7 @@ def test_sqlite_wal(case):
     src = d.ctl("sources")["sources"][0]
     assert src["rows_rejected"] == 2 and "m5" not in case.target.profiles(), src
     assert src["type"] == "sqlite"
+    assert src["last_file"] == "updated_at=302 member_id=bad+id", src  # the position, shown
 
 
 def test_sqlite_crash_mid_read(case):

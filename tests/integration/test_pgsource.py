@@ -105,6 +105,7 @@ def test_pg_listen_types_ties_rescan(case):
     wait_for(lambda: "c6" in case.target.profiles(), 10, "rows after bad ones")
     src = d.ctl("sources")["sources"][0]
     assert src["rows_rejected"] == 3 and src["type"] == "postgres", src
+    assert src["last_file"].startswith("updated_at=") and src["last_file"].endswith(" id=c6"), src
     assert not {"c4", "c5", "bad/id"} & set(case.target.profiles())
     log = d.log_text()
     assert "bytea" in log and "not finite" in log and "'+' or '/'" in log
