@@ -174,11 +174,20 @@ int daemon_reload(struct daemon *d)
 
 static struct event *once_timer;
 static int64_t once_dead_at_start;
+static struct event *apply_event; /* applies a pending config from the loop's top */
+
+static void on_apply(evutil_socket_t fd, short what, void *arg)
+{
+	struct daemon *d = arg;
+	if (next_cfg && ingest_is_idle(d->ingest) && !d->is_stopping)
+		apply_config(d);
+}
 
 void daemon_progress(struct daemon *d)
 {
-	if (next_cfg && ingest_is_idle(d->ingest))
-		apply_config(d);
+	/* Deferred: the caller may be a source that applying would free under it. */
+	if (next_cfg && apply_event)
+		event_active(apply_event, 0, 0);
 	sender_kick(d->sender);
 	if (d->is_once && once_timer)
 		event_active(once_timer, 0, 0);
@@ -442,6 +451,9 @@ int main(int argc, char **argv)
 		goto free_modules;
 	if (start_sources(&d) < 0)
 		goto free_modules;
+	apply_event = event_new(d.base, -1, 0, on_apply, &d);
+	if (!apply_event)
+		goto free_modules;
 	if (!d.is_once || d.dry_run_dir == NULL) {
 		d.control = control_create(&d, d.cfg->control.socket);
 		if (!d.control && !d.is_once)
@@ -493,8 +505,12 @@ int main(int argc, char **argv)
 	if (status_timer)
 		event_free(status_timer);
 free_modules:
+	if (apply_event)
+		event_free(apply_event);
+	apply_event = NULL;
 	if (once_timer)
 		event_free(once_timer);
+	once_timer = NULL;
 	if (stop_timer)
 		event_free(stop_timer);
 	if (stop_deadline)

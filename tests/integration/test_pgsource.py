@@ -227,6 +227,30 @@ def test_pg_unreachable_and_bad_password(case):
     wait_for(lambda: "u1" in case.target.profiles(), 90, "the row after the server came back")
 
 
+def test_pg_reload_while_reading(case):
+    """SIGHUP while a file is being ingested and the table is being read: the
+    new configuration is applied between slices (from the loop, never under a
+    source that is running), and every row is queued exactly once."""
+    from harness import csv_text, spool_source, write_atomic
+    pg, pw = start_pg(case)
+    pg.psql("INSERT INTO customers (id, tier) SELECT 'g' || g, 'gold' FROM generate_series(1, 20000) g")
+    d = case.daemon(source(pg, pw) + spool_source("files", case.spool), linger="5s").start()
+    write_atomic(os.path.join(case.spool, "big.csv"),
+                 csv_text(["customer_id", "tier"], [(f"f{i}", "silver") for i in range(60000)]))
+    for _ in range(3):
+        d.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.15)
+    wait_for(lambda: d.sql("SELECT count(*) FROM profiles") == [(80000,)], 60, "both sources staged")
+    log = d.log_text()
+    print(f"    reloads applied: {log.count('configuration reloaded')}, deferred: {log.count('will be applied')}")
+    assert "configuration reloaded" in log
+    d.ctl("flush")
+    wait_for(lambda: len(case.target.profiles()) == 80000, 60, "delivery", interval=0.5)
+    d.wait_idle()
+    counts = sent_ids(case)
+    assert set(counts.values()) == {1}, "a row was queued twice"
+
+
 def test_pg_once(case):
     """--once reads the table to its end (several slices), delivers and exits 0."""
     pg, pw = start_pg(case)
@@ -278,4 +302,4 @@ def test_pg_config_errors(case):
 
 if __name__ == "__main__":
     run([test_pg_listen_types_ties_rescan, test_pg_poll_without_listen, test_pg_server_restart, test_pg_crash_before_cursor_commit,
-         test_pg_unreachable_and_bad_password, test_pg_once, test_pg_config_errors])
+         test_pg_unreachable_and_bad_password, test_pg_reload_while_reading, test_pg_once, test_pg_config_errors])
