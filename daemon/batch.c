@@ -335,7 +335,7 @@ int body_writer_row(struct body_writer *w, const char *profile, size_t profile_l
 	while ((r = attrset_blob_next(&p, end, &kv)) > 0) {
 		uint32_t c = kv.id < w->n_ids ? w->col_of[kv.id] : 0;
 		if (c) {
-			w->slot[c - 1].val = kv.val;
+			w->slot[c - 1].ptr = kv.val;
 			w->slot[c - 1].len = kv.len;
 		}
 	}
@@ -347,13 +347,9 @@ int body_writer_row(struct body_writer *w, const char *profile, size_t profile_l
 	/* The values are part of the blob, so 3x its size bounds their encoding. */
 	char *o = w->out.data + w->out.len;
 	o += pctenc_encode(profile, profile_len, o);
-	for (size_t c = 0; c < w->n_cols; c++) {
-		*o++ = ',';
-		if (w->slot[c].len) {
-			o += pctenc_encode_within(w->slot[c].val, w->slot[c].len, o, blob, (const char *)end);
-			w->slot[c].len = 0;
-		}
-	}
+	o += pctenc_encode_list(w->slot, w->n_cols, o, blob, (const char *)end);
+	for (size_t c = 0; c < w->n_cols; c++)
+		w->slot[c].len = 0;
 	*o++ = '\n';
 	w->out.len = (size_t)(o - w->out.data);
 	return 0;

@@ -9,6 +9,7 @@
 #include <stdio.h>
 
 #include "config.h"
+#include "pctenc.h"
 #include "stage.h"
 #include "store.h"
 
@@ -38,7 +39,7 @@ struct body_writer {
 	uint32_t *col_of;     /* 1-based column of each attribute id; 0: not in the header */
 	uint32_t n_ids;
 	size_t n_cols;
-	struct attr_kv *slot; /* the current row's value per column; len 0: none */
+	struct pctenc_span *slot; /* the current row's value per column; len 0: none */
 	struct buf out;
 	int64_t written;      /* bytes flushed so far */
 };

@@ -21,6 +21,16 @@ size_t pctenc_encode(const char *src, size_t len, char *dst);
  * short cells are then loaded 16 bytes at a time in place instead of copied. */
 size_t pctenc_encode_within(const char *src, size_t len, char *dst, const char *lo, const char *hi);
 
+/* A cell of a row: len bytes at ptr (len 0: empty). */
+struct pctenc_span {
+	const char *ptr;
+	size_t len;
+};
+/* Writes "," and the encoded cell for each of n cells (all inside [lo, hi)),
+ * into dst, which needs room for n + 3 * (their total length) + PCTENC_SLACK.
+ * Returns the bytes written. */
+size_t pctenc_encode_list(const struct pctenc_span *cells, size_t n, char *dst, const char *lo, const char *hi);
+
 /* Decodes form-urlencoded text ("%XX" and "+" as space) of len bytes into dst (at
  * least len bytes). Returns the decoded length, or -EINVAL on a "%" not followed by
  * two hex digits. */

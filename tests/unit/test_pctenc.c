@@ -85,6 +85,13 @@ int main(void)
 		memcpy(around + at, src, len);
 		g = pctenc_encode_within(around + at, len, got, around, around + sizeof(around));
 		CHECK(g == w && memcmp(got, want, w) == 0);
+		/* As the cells of a row: the cell, an empty one and the cell again,
+		 * each after a comma. */
+		struct pctenc_span cells[3] = { { around + at, len }, { around, 0 }, { around + at, len } };
+		char row[3 + 2 * 210 + PCTENC_SLACK];
+		g = pctenc_encode_list(cells, 3, row, around, around + sizeof(around));
+		CHECK(g == 3 + 2 * w && row[0] == ',' && memcmp(row + 1, want, w) == 0 && row[1 + w] == ',' &&
+		      row[2 + w] == ',' && memcmp(row + 3 + w, want, w) == 0);
 	}
 
 	char d[16];
