@@ -205,21 +205,17 @@ size_t pctenc_encode_list(const struct pctenc_span *cells, size_t n, char *dst, 
 	return (size_t)(out - dst);
 }
 
-size_t pctenc_encode_within(const char *src, size_t len, char *dst, const char *lo, const char *hi)
+size_t pctenc_encode(const char *src, size_t len, char *dst)
 {
 	if (!table_ready)
 		setup();
 #if defined(__x86_64__) || defined(__i386__)
 	if (use_ssse3)
-		return encode_ssse3(src, len, dst, lo, hi);
+		return encode_ssse3(src, len, dst, src, src + len);
 #endif
 	return encode_scalar(src, len, dst);
 }
 
-size_t pctenc_encode(const char *src, size_t len, char *dst)
-{
-	return pctenc_encode_within(src, len, dst, src, src + len);
-}
 
 static int hexval(char c)
 {

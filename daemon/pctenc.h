@@ -17,18 +17,16 @@ size_t pctenc_encoded_len(const char *src, size_t len);
  * other byte (including "%", "&", "+", "=", ",", newlines and UTF-8 bytes) becomes
  * %XX, which is what Target's form decoding needs. Returns the bytes written. */
 size_t pctenc_encode(const char *src, size_t len, char *dst);
-/* The same, for src inside a larger buffer [lo, hi) that may be read whole:
- * short cells are then loaded 16 bytes at a time in place instead of copied. */
-size_t pctenc_encode_within(const char *src, size_t len, char *dst, const char *lo, const char *hi);
 
 /* A cell of a row: len bytes at ptr (len 0: empty). */
 struct pctenc_span {
 	const char *ptr;
 	size_t len;
 };
-/* Writes "," and the encoded cell for each of n cells (all inside [lo, hi)),
- * into dst, which needs room for n + 3 * (their total length) + PCTENC_SLACK.
- * Returns the bytes written. */
+/* Writes "," and the encoded cell for each of n cells into dst, which needs room
+ * for n + 3 * (their total length) + PCTENC_SLACK. The cells lie inside [lo, hi),
+ * which may be read whole: short cells are then loaded 16 bytes at a time in
+ * place instead of copied. Returns the bytes written. */
 size_t pctenc_encode_list(const struct pctenc_span *cells, size_t n, char *dst, const char *lo, const char *hi);
 
 /* Decodes form-urlencoded text ("%XX" and "+" as space) of len bytes into dst (at
