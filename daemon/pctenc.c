@@ -146,16 +146,21 @@ __attribute__((target("ssse3"))) static inline __m128i load_tail(const char *src
 	return _mm_loadu_si128((const __m128i *)(const void *)tail);
 }
 
-__attribute__((target("ssse3"))) static size_t encode_ssse3(const char *src, size_t len, char *dst, const char *lo,
-							    const char *hi)
+/* Encodes one cell at out; returns the new end. */
+__attribute__((target("ssse3"))) static inline char *encode_cell_ssse3(const char *src, size_t len, char *out,
+								       const char *lo, const char *hi)
 {
-	char *out = dst;
 	size_t i = 0;
 	for (; len - i >= 16; i += 16)
 		out = encode_block(_mm_loadu_si128((const __m128i *)(const void *)(src + i)), 16, out);
 	if (i < len)
 		out = encode_block(load_tail(src + i, (unsigned)(len - i), lo, hi), (unsigned)(len - i), out);
-	return (size_t)(out - dst);
+	return out;
+}
+
+__attribute__((target("ssse3"))) static size_t encode_ssse3(const char *src, size_t len, char *dst)
+{
+	return (size_t)(encode_cell_ssse3(src, len, dst, src, src + len) - dst);
 }
 
 /* One loop over a row's cells, so the constants stay in registers and
@@ -165,13 +170,8 @@ __attribute__((target("ssse3"))) static size_t encode_list_ssse3(const struct pc
 {
 	char *out = dst;
 	for (size_t c = 0; c < n; c++) {
-		const char *src = cells[c].ptr;
-		size_t len = cells[c].len, i = 0;
 		*out++ = ',';
-		for (; len - i >= 16; i += 16)
-			out = encode_block(_mm_loadu_si128((const __m128i *)(const void *)(src + i)), 16, out);
-		if (i < len)
-			out = encode_block(load_tail(src + i, (unsigned)(len - i), lo, hi), (unsigned)(len - i), out);
+		out = encode_cell_ssse3(cells[c].ptr, cells[c].len, out, lo, hi);
 	}
 	return (size_t)(out - dst);
 }
@@ -211,7 +211,7 @@ size_t pctenc_encode(const char *src, size_t len, char *dst)
 		setup();
 #if defined(__x86_64__) || defined(__i386__)
 	if (use_ssse3)
-		return encode_ssse3(src, len, dst, src, src + len);
+		return encode_ssse3(src, len, dst);
 #endif
 	return encode_scalar(src, len, dst);
 }
