@@ -405,22 +405,26 @@ static int describe(struct source *s, PGresult *res)
 
 /* --- reading ---------------------------------------------------------------------- */
 
+/* Where reading continues: (cursor, id) as text, or NULLs for the start. */
+static int set_position(struct pg_source *x, const char *cursor, const char *id)
+{
+	free(x->cursor);
+	free(x->last_id);
+	x->cursor = cursor ? strdup(cursor) : NULL;
+	x->last_id = cursor ? strdup(id ? id : "") : NULL;
+	return cursor && (!x->cursor || !x->last_id) ? -ENOMEM : 0;
+}
+
 static int load_position(struct source *s)
 {
-	struct pg_source *x = s->pg;
 	sqlite3_stmt *q = db_position_load(s);
 	if (!q)
 		return -EIO;
-	free(x->cursor);
-	free(x->last_id);
-	x->cursor = x->last_id = NULL;
 	int r = 0;
-	if (sqlite3_step(q) == SQLITE_ROW && sqlite3_column_type(q, 0) != SQLITE_NULL) {
-		x->cursor = strdup((const char *)sqlite3_column_text(q, 0));
-		x->last_id = strdup((const char *)sqlite3_column_text(q, 1));
-		if (!x->cursor || !x->last_id)
-			r = -ENOMEM;
-	}
+	if (sqlite3_step(q) == SQLITE_ROW && sqlite3_column_type(q, 0) != SQLITE_NULL)
+		r = set_position(s->pg, (const char *)sqlite3_column_text(q, 0), (const char *)sqlite3_column_text(q, 1));
+	else
+		r = set_position(s->pg, NULL, NULL);
 	sqlite3_reset(q);
 	return r;
 }
@@ -518,17 +522,16 @@ static int stage_slice(struct source *s, PGresult *res)
 		const char *id = PQgetisnull(res, row, m->id_col) ? NULL : PQgetvalue(res, row, m->id_col);
 		r = db_stage_row(s, m, id, id ? (size_t)PQgetlength(res, row, m->id_col) : 0, why);
 	}
+	/* The position reached: the last row's (cursor, id), committed with the rows. */
+	const char *cur = PQgetvalue(res, rows - 1, m->cursor_col), *id = PQgetvalue(res, rows - 1, m->id_col);
+	if (r == 0 && PQgetisnull(res, rows - 1, m->cursor_col)) {
+		db_note(s, "cursor_column \"%s\" is NULL in a row; it must always have a value", s->cfg->cursor_column);
+		r = -EINVAL;
+	}
 	if (r == 0) {
-		const char *cur = PQgetvalue(res, rows - 1, m->cursor_col);
-		const char *id = PQgetvalue(res, rows - 1, m->id_col);
 		sqlite3_stmt *u = db_position_stmt(s);
-		if (!u)
+		if (!u) {
 			r = -EIO;
-		else if (PQgetisnull(res, rows - 1, m->cursor_col)) {
-			db_note(s, "cursor_column \"%s\" is NULL in a row; it must always have a value",
-				s->cfg->cursor_column);
-			sqlite3_reset(u);
-			r = -EINVAL;
 		} else {
 			sqlite3_bind_text(u, 2, cur, -1, SQLITE_STATIC);
 			sqlite3_bind_text(u, 3, id, -1, SQLITE_STATIC);
@@ -542,9 +545,8 @@ static int stage_slice(struct source *s, PGresult *res)
 	}
 	x->is_from_start = false;
 	x->slice_rows = rows;
-	r = load_position(s);
-	if (r == 0)
-		db_note_position(s, x->cursor, x->last_id);
+	if ((r = set_position(x, cur, id)) == 0)
+		db_note_position(s, cur, id);
 	return r;
 }
 
