@@ -12,26 +12,26 @@ static int failing(void)
 	return flag && access(flag, F_OK) == 0;
 }
 
-int fsync(int fd)
+/* Fails while the flag file exists, else calls the real function *real (looked up once). */
+static int fail_or_call(int (**real)(int), const char *name, int fd)
 {
-	static int (*real)(int);
 	if (failing()) {
 		errno = EIO;
 		return -1;
 	}
-	if (!real)
-		*(void **)&real = dlsym(RTLD_NEXT, "fsync"); /* POSIX's way around the object/function cast */
-	return real(fd);
+	if (!*real)
+		*(void **)real = dlsym(RTLD_NEXT, name); /* POSIX's way around the object/function cast */
+	return (*real)(fd);
+}
+
+int fsync(int fd)
+{
+	static int (*real)(int);
+	return fail_or_call(&real, "fsync", fd);
 }
 
 int fdatasync(int fd)
 {
 	static int (*real)(int);
-	if (failing()) {
-		errno = EIO;
-		return -1;
-	}
-	if (!real)
-		*(void **)&real = dlsym(RTLD_NEXT, "fdatasync");
-	return real(fd);
+	return fail_or_call(&real, "fdatasync", fd);
 }

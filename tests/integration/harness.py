@@ -31,6 +31,22 @@ def wait_for(cond, timeout=20.0, what="condition", interval=0.05):
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
+def cpu_seconds(pid):
+    """User + system CPU seconds a running process has used."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mb(pid):
+    """A running process's peak resident memory (VmHWM) in MB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0
+
+
 class FakeTarget:
     def __init__(self, workdir, *args):
         self.port_file = os.path.join(workdir, "fake-target.port")

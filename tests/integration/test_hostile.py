@@ -6,15 +6,7 @@ import os
 import subprocess
 import time
 
-from harness import TPSYNCD, run, wait_for
-
-
-def rss_peak_mb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0
+from harness import TPSYNCD, peak_rss_mb, run, wait_for
 
 
 def test_huge_field_and_sparse_file(case):
@@ -35,7 +27,7 @@ def test_huge_field_and_sparse_file(case):
     os.rename(sparse, os.path.join(case.spool, "sparse.csv"))
     wait_for(lambda: d.status()["sources"][0]["files"] == 2, 120, "the sparse file")
     assert case.target.profiles().get("first") == {"tier": "ok"}
-    peak = rss_peak_mb(d.proc.pid)
+    peak = peak_rss_mb(d.proc.pid)
     print(f"    peak RSS after a 10 MB field and a 200 MB NUL file: {peak:.1f} MB")
     assert peak < 64, peak
     assert d.ctl("sources")["sources"][0]["rows_rejected"] == 2

@@ -17,22 +17,18 @@ static char *enc(const char *s)
 
 int main(void)
 {
-	char *e;
-	e = enc("50% off & more");
-	CHECK_STR(e, "50%25%20off%20%26%20more");
-	free(e);
-	e = enc("a+b=c");
-	CHECK_STR(e, "a%2Bb%3Dc");
-	free(e);
-	e = enc("comma,inside\nnew");
-	CHECK_STR(e, "comma%2Cinside%0Anew");
-	free(e);
-	e = enc("cust-1001_A.b~");
-	CHECK_STR(e, "cust-1001_A.b~");
-	free(e);
-	e = enc("Zürich");
-	CHECK_STR(e, "Z%C3%BCrich");
-	free(e);
+	static const char *const cases[][2] = {
+		{ "50% off & more", "50%25%20off%20%26%20more" },
+		{ "a+b=c", "a%2Bb%3Dc" },
+		{ "comma,inside\nnew", "comma%2Cinside%0Anew" },
+		{ "cust-1001_A.b~", "cust-1001_A.b~" },
+		{ "Zürich", "Z%C3%BCrich" },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char *e = enc(cases[i][0]);
+		CHECK_STR(e, cases[i][1]);
+		free(e);
+	}
 
 	/* Nothing Target treats as structure survives encoding. */
 	char all[256];
