@@ -309,6 +309,12 @@ static int put_encoded(struct buf *line, const char *s, size_t len)
 	return 0;
 }
 
+static int cmp_id(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+	return x < y ? -1 : x > y;
+}
+
 int body_writer_init(struct body_writer *w, const uint32_t *ids, size_t n)
 {
 	memset(w, 0, sizeof(*w));
@@ -318,12 +324,15 @@ int body_writer_init(struct body_writer *w, const uint32_t *ids, size_t n)
 		max = ids[i] > max ? ids[i] : max;
 	w->n_cols = n;
 	w->n_ids = max + 1;
+	w->ids = malloc((n ? n : 1) * sizeof(*w->ids));
 	w->col_of = calloc(w->n_ids, sizeof(*w->col_of));
-	w->slot = calloc(n + 1, sizeof(*w->slot));
-	if (!w->col_of || !w->slot)
+	w->cells = calloc(n + 1, sizeof(*w->cells));
+	if (!w->ids || !w->col_of || !w->cells)
 		return -ENOMEM;
+	memcpy(w->ids, ids, n * sizeof(*ids));
+	qsort(w->ids, n, sizeof(*w->ids), cmp_id);
 	for (size_t i = 0; i < n; i++)
-		w->col_of[ids[i]] = (uint32_t)i + 1;
+		w->col_of[w->ids[i]] = (uint32_t)i + 1;
 	return 0;
 }
 
@@ -331,25 +340,27 @@ int body_writer_row(struct body_writer *w, const char *profile, size_t profile_l
 {
 	const unsigned char *p = blob, *end = p + blob_len;
 	struct attr_kv kv;
+	struct pctenc_span *cell = w->cells;
+	uint32_t col = 0; /* columns written so far */
 	int r;
 	while ((r = attrset_blob_next(&p, end, &kv)) > 0) {
 		uint32_t c = kv.id < w->n_ids ? w->col_of[kv.id] : 0;
-		if (c) {
-			w->slot[c - 1].ptr = kv.val;
-			w->slot[c - 1].len = kv.len;
-		}
+		if (!c)
+			continue;
+		if (c <= col)
+			return -EINVAL;
+		*cell++ = (struct pctenc_span){ .ptr = kv.val, .len = kv.len, .before = c - col };
+		col = c;
 	}
-	if (r < 0 || buf_reserve(&w->out, 3 * (profile_len + blob_len) + w->n_cols + 1 + PCTENC_SLACK) < 0) {
-		for (size_t c = 0; c < w->n_cols; c++)
-			w->slot[c].len = 0;
-		return r < 0 ? r : -ENOMEM;
-	}
+	*cell++ = (struct pctenc_span){ .ptr = blob, .len = 0, .before = (uint32_t)w->n_cols - col };
+	if (r < 0)
+		return r;
 	/* The values are part of the blob, so 3x its size bounds their encoding. */
+	if (buf_reserve(&w->out, 3 * (profile_len + blob_len) + w->n_cols + 1 + 2 * PCTENC_SLACK) < 0)
+		return -ENOMEM;
 	char *o = w->out.data + w->out.len;
 	o += pctenc_encode(profile, profile_len, o);
-	o += pctenc_encode_list(w->slot, w->n_cols, o, blob, (const char *)end);
-	for (size_t c = 0; c < w->n_cols; c++)
-		w->slot[c].len = 0;
+	o += pctenc_encode_list(w->cells, (size_t)(cell - w->cells), o, blob, (const char *)end);
 	*o++ = '\n';
 	w->out.len = (size_t)(o - w->out.data);
 	return 0;
@@ -368,8 +379,9 @@ int body_writer_flush(struct body_writer *w, FILE *out, size_t at_least)
 
 void body_writer_finish(struct body_writer *w)
 {
+	free(w->ids);
 	free(w->col_of);
-	free(w->slot);
+	free(w->cells);
 	buf_finish(&w->out);
 }
 
@@ -387,7 +399,7 @@ int64_t batch_write_body(struct store *st, const struct config *cfg, int64_t id,
 	if (r == 0)
 		r = buf_append(&w.out, id_header(cfg), strlen(id_header(cfg)));
 	for (size_t i = 0; i < n && r == 0; i++) {
-		const char *name = store_attr_name(st, ids[i]);
+		const char *name = store_attr_name(st, w.ids[i]);
 		r = buf_putc(&w.out, ',');
 		if (r == 0)
 			r = put_encoded(&w.out, name, strlen(name));

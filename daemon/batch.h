@@ -30,24 +30,28 @@ int64_t batch_write_body(struct store *st, const struct config *cfg, int64_t id,
  * *ids (the caller frees it). Returns 0, -ENOENT, -EIO or -ENOMEM. */
 int batch_header_ids(struct store *st, int64_t id, uint32_t **ids, size_t *n);
 
-/* The encoder behind batch_write_body, for rows from anywhere: rows appended
- * with body_writer_row go to w->out in header order (ids: the header's
- * attribute ids), and body_writer_flush writes w->out to a file once it holds
- * at_least bytes (0: whatever it holds). */
+/* The encoder behind batch_write_body, for rows from anywhere: the columns
+ * are the header's attribute ids in ascending order (w->ids; whatever order
+ * they are given in), so that a row is written in one pass over its blob,
+ * whose ids ascend too. Rows appended with body_writer_row go to w->out, and
+ * body_writer_flush writes w->out to a file once it holds at_least bytes (0:
+ * whatever it holds). */
 #define BODY_WRITER_CHUNK (1u << 20)
 struct body_writer {
+	uint32_t *ids;        /* the header's attribute ids, ascending */
 	uint32_t *col_of;     /* 1-based column of each attribute id; 0: not in the header */
 	uint32_t n_ids;
 	size_t n_cols;
-	struct pctenc_span *slot; /* the current row's value per column; len 0: none */
+	struct pctenc_span *cells; /* the current row's cells, n_cols + 1 at most */
 	struct buf out;
 	int64_t written;      /* bytes flushed so far */
 };
 
 /* Returns 0 or -ENOMEM (w must still be finished). */
 int body_writer_init(struct body_writer *w, const uint32_t *ids, size_t n);
-/* Appends profile's row from its attribute blob. Returns 0, -EINVAL for a
- * corrupt blob, or -ENOMEM. */
+/* Appends profile's row from its attribute blob (values of attributes not in
+ * the header are left out). Returns 0, -EINVAL for a corrupt blob (including
+ * ids out of order), or -ENOMEM. */
 int body_writer_row(struct body_writer *w, const char *profile, size_t profile_len, const void *blob, size_t blob_len);
 /* Returns 0 or -EIO. */
 int body_writer_flush(struct body_writer *w, FILE *out, size_t at_least);

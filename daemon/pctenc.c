@@ -22,8 +22,6 @@ static struct {
 	unsigned char len;
 	char text[3];
 } table[256];
-static bool table_ready;
-
 static void build_table(void)
 {
 	static const char hex[] = "0123456789ABCDEF";
@@ -38,13 +36,21 @@ static void build_table(void)
 			table[c].text[2] = hex[c & 15];
 		}
 	}
-	table_ready = true;
+}
+
+static void setup(void);
+static bool ready;
+
+/* Builds the tables and picks the encoder, once, before any function uses them. */
+static inline void ensure_setup(void)
+{
+	if (!ready)
+		setup();
 }
 
 size_t pctenc_encoded_len(const char *src, size_t len)
 {
-	if (!table_ready)
-		build_table();
+	ensure_setup();
 	size_t n = 0;
 	for (size_t i = 0; i < len; i++)
 		n += table[(unsigned char)src[i]].len;
@@ -93,7 +99,12 @@ static void build_compact(void)
 			shift_down[k][j] = (unsigned char)(k + j < 16 ? k + j : 0x80);
 }
 
-/* Encodes the first r (1 to 16) bytes of c; the rest are ignored. */
+/* Encodes the first r (1 to 16) bytes of c; the rest are ignored. The same
+ * instructions run whatever the bytes are (no branch to mispredict when cells
+ * with and without special bytes alternate): bytes past r count as plain, so
+ * their one-byte outputs come last in each group and are cut off at the end;
+ * a group wholly past r is stored past the end, inside the slack (at most
+ * 12 + 16 bytes from the block's start), where the next store overwrites it. */
 __attribute__((target("ssse3"))) static inline char *encode_block(__m128i c, unsigned r, char *out)
 {
 	/* Plain: letters (OR 0x20 folds A-Z onto a-z and nothing else), digits, - . _ ~ */
@@ -104,34 +115,31 @@ __attribute__((target("ssse3"))) static inline char *encode_block(__m128i c, uns
 	plain = _mm_or_si128(plain, _mm_or_si128(_mm_cmpeq_epi8(c, _mm_set1_epi8('-')), _mm_cmpeq_epi8(c, _mm_set1_epi8('.'))));
 	plain = _mm_or_si128(plain, _mm_or_si128(_mm_cmpeq_epi8(c, _mm_set1_epi8('_')), _mm_cmpeq_epi8(c, _mm_set1_epi8('~'))));
 	unsigned special = ~(unsigned)_mm_movemask_epi8(plain) & ((1u << r) - 1);
-	if (special == 0) {
-		_mm_storeu_si128((__m128i *)(void *)out, c);
-		return out + r;
-	}
 	const __m128i hex = _mm_setr_epi8('0', '1', '2', '3', '4', '5', '6', '7', '8', '9', 'A', 'B', 'C', 'D', 'E', 'F');
 	__m128i nib = _mm_set1_epi8(0x0f);
 	__m128i hi = _mm_shuffle_epi8(hex, _mm_and_si128(_mm_srli_epi16(c, 4), nib));
 	__m128i lo = _mm_shuffle_epi8(hex, _mm_and_si128(c, nib));
 	__m128i first = _mm_or_si128(_mm_and_si128(plain, c), _mm_andnot_si128(plain, _mm_set1_epi8('%')));
 	__m128i a = _mm_unpacklo_epi8(first, hi), b = _mm_unpacklo_epi8(lo, lo);
-	__m128i g[4] = { _mm_unpacklo_epi16(a, b), _mm_unpackhi_epi16(a, b) };
+	__m128i g0 = _mm_unpacklo_epi16(a, b), g1 = _mm_unpackhi_epi16(a, b);
 	a = _mm_unpackhi_epi8(first, hi);
 	b = _mm_unpackhi_epi8(lo, lo);
-	g[2] = _mm_unpacklo_epi16(a, b);
-	g[3] = _mm_unpackhi_epi16(a, b);
-	for (unsigned k = 0; k < 4 && 4 * k < r; k++) {
-		unsigned m = (special >> (4 * k)) & 15;
-		__m128i o = _mm_shuffle_epi8(g[k], _mm_loadu_si128((const __m128i *)(const void *)compact[m]));
-		_mm_storeu_si128((__m128i *)(void *)out, o);
-		/* Bytes past r count as plain, so they come last and are left out. */
-		unsigned valid = r - 4 * k < 4 ? r - 4 * k : 4;
-		out += valid + compact_len[m] - 4u;
-	}
-	return out;
+	__m128i g2 = _mm_unpacklo_epi16(a, b), g3 = _mm_unpackhi_epi16(a, b);
+	unsigned m0 = special & 15, m1 = (special >> 4) & 15, m2 = (special >> 8) & 15, m3 = special >> 12;
+	char *o = out;
+	_mm_storeu_si128((__m128i *)(void *)o, _mm_shuffle_epi8(g0, _mm_loadu_si128((const __m128i *)(const void *)compact[m0])));
+	o += compact_len[m0];
+	_mm_storeu_si128((__m128i *)(void *)o, _mm_shuffle_epi8(g1, _mm_loadu_si128((const __m128i *)(const void *)compact[m1])));
+	o += compact_len[m1];
+	_mm_storeu_si128((__m128i *)(void *)o, _mm_shuffle_epi8(g2, _mm_loadu_si128((const __m128i *)(const void *)compact[m2])));
+	o += compact_len[m2];
+	_mm_storeu_si128((__m128i *)(void *)o, _mm_shuffle_epi8(g3, _mm_loadu_si128((const __m128i *)(const void *)compact[m3])));
+	o += compact_len[m3];
+	return o - (16 - r);
 }
 
-/* The last r (< 16) bytes at src: loaded in place when 16 readable bytes start
- * there or end at src + r (then moved down), else through a copy. */
+/* The last r (1 to 16) bytes at src: loaded in place when 16 readable bytes
+ * start there or end at src + r (then moved down), else through a copy. */
 __attribute__((target("ssse3"))) static inline __m128i load_tail(const char *src, unsigned r, const char *lo,
 								  const char *hi)
 {
@@ -150,12 +158,12 @@ __attribute__((target("ssse3"))) static inline __m128i load_tail(const char *src
 __attribute__((target("ssse3"))) static inline char *encode_cell_ssse3(const char *src, size_t len, char *out,
 								       const char *lo, const char *hi)
 {
+	if (len == 0)
+		return out;
 	size_t i = 0;
-	for (; len - i >= 16; i += 16)
+	for (; len - i > 16; i += 16)
 		out = encode_block(_mm_loadu_si128((const __m128i *)(const void *)(src + i)), 16, out);
-	if (i < len)
-		out = encode_block(load_tail(src + i, (unsigned)(len - i), lo, hi), (unsigned)(len - i), out);
-	return out;
+	return encode_block(load_tail(src + i, (unsigned)(len - i), lo, hi), (unsigned)(len - i), out);
 }
 
 __attribute__((target("ssse3"))) static size_t encode_ssse3(const char *src, size_t len, char *dst)
@@ -168,9 +176,17 @@ __attribute__((target("ssse3"))) static size_t encode_ssse3(const char *src, siz
 __attribute__((target("ssse3"))) static size_t encode_list_ssse3(const struct pctenc_span *cells, size_t n, char *dst,
 								 const char *lo, const char *hi)
 {
+	const __m128i commas = _mm_set1_epi8(',');
 	char *out = dst;
 	for (size_t c = 0; c < n; c++) {
-		*out++ = ',';
+		for (uint32_t k = cells[c].before;; k -= 16) {
+			_mm_storeu_si128((__m128i *)(void *)out, commas);
+			if (k <= 16) {
+				out += k;
+				break;
+			}
+			out += 16;
+		}
 		out = encode_cell_ssse3(cells[c].ptr, cells[c].len, out, lo, hi);
 	}
 	return (size_t)(out - dst);
@@ -187,19 +203,20 @@ static void setup(void)
 	const char *force = getenv("TPSYNC_PCTENC"); /* "scalar": for the tests */
 	use_ssse3 = __builtin_cpu_supports("ssse3") && !(force && strcmp(force, "scalar") == 0);
 #endif
+	ready = true;
 }
 
 size_t pctenc_encode_list(const struct pctenc_span *cells, size_t n, char *dst, const char *lo, const char *hi)
 {
-	if (!table_ready)
-		setup();
+	ensure_setup();
 #if defined(__x86_64__) || defined(__i386__)
 	if (use_ssse3)
 		return encode_list_ssse3(cells, n, dst, lo, hi);
 #endif
 	char *out = dst;
 	for (size_t c = 0; c < n; c++) {
-		*out++ = ',';
+		memset(out, ',', cells[c].before);
+		out += cells[c].before;
 		out += encode_scalar(cells[c].ptr, cells[c].len, out);
 	}
 	return (size_t)(out - dst);
@@ -207,8 +224,7 @@ size_t pctenc_encode_list(const struct pctenc_span *cells, size_t n, char *dst, 
 
 size_t pctenc_encode(const char *src, size_t len, char *dst)
 {
-	if (!table_ready)
-		setup();
+	ensure_setup();
 #if defined(__x86_64__) || defined(__i386__)
 	if (use_ssse3)
 		return encode_ssse3(src, len, dst);

@@ -4,12 +4,13 @@
 #define TPSYNC_PCTENC_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 /* Number of bytes pctenc_encode() writes for these len bytes. */
 size_t pctenc_encoded_len(const char *src, size_t len);
 
 /* The encoder stores 16 bytes at a time, up to this many past what it uses. */
-#define PCTENC_SLACK 16
+#define PCTENC_SLACK 32
 
 /* Percent-encodes len bytes of src into dst, which must hold 3 * len +
  * PCTENC_SLACK bytes (the worst case plus the slack; pctenc_encoded_len() bytes
@@ -18,15 +19,17 @@ size_t pctenc_encoded_len(const char *src, size_t len);
  * %XX, which is what Target's form decoding needs. Returns the bytes written. */
 size_t pctenc_encode(const char *src, size_t len, char *dst);
 
-/* A cell of a row: len bytes at ptr (len 0: empty). */
+/* A cell of a row: len bytes at ptr (len 0: empty), written after `before`
+ * commas (the separators of the columns since the previous cell). */
 struct pctenc_span {
 	const char *ptr;
-	size_t len;
+	uint32_t len;
+	uint32_t before;
 };
-/* Writes "," and the encoded cell for each of n cells into dst, which needs room
- * for n + 3 * (their total length) + PCTENC_SLACK. The cells lie inside [lo, hi),
- * which may be read whole: short cells are then loaded 16 bytes at a time in
- * place instead of copied. Returns the bytes written. */
+/* Writes each of n cells, its commas first, into dst, which needs room for the
+ * commas + 3 * (the cells' total length) + PCTENC_SLACK. The cells lie inside
+ * [lo, hi), which may be read whole: short cells are then loaded 16 bytes at a
+ * time in place instead of copied. Returns the bytes written. */
 size_t pctenc_encode_list(const struct pctenc_span *cells, size_t n, char *dst, const char *lo, const char *hi);
 
 /* Decodes form-urlencoded text ("%XX" and "+" as space) of len bytes into dst (at

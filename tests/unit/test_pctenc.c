@@ -74,18 +74,26 @@ int main(void)
 		for (size_t i = 3 * len + PCTENC_SLACK; i < sizeof(got); i++)
 			CHECK(got[i] == '#');
 		/* Inside a larger readable buffer, at any offset (in-place loads), as
-		 * the cells of a row: the cell, an empty one and the cell again, each
-		 * after a comma. */
+		 * the cells of a row: the cell after one comma, an empty one after
+		 * two, and the cell again after 1 to 40 (more than one 16-byte store). */
 		char around[100];
 		size_t at = (size_t)rand() % (sizeof(around) - len + 1);
 		for (size_t i = 0; i < sizeof(around); i++)
 			around[i] = (char)rand();
 		memcpy(around + at, src, len);
-		struct pctenc_span cells[3] = { { around + at, len }, { around, 0 }, { around + at, len } };
-		char row[3 + 2 * 210 + PCTENC_SLACK];
+		uint32_t gap = 1 + (uint32_t)(rand() % 40);
+		struct pctenc_span cells[3] = { { around + at, (uint32_t)len, 1 }, { around, 0, 2 },
+						{ around + at, (uint32_t)len, gap } };
+		char row[43 + 2 * 210 + PCTENC_SLACK + 16];
+		memset(row, '#', sizeof(row));
+		size_t row_len = 3 + gap + 2 * w;
 		g = pctenc_encode_list(cells, 3, row, around, around + sizeof(around));
-		CHECK(g == 3 + 2 * w && row[0] == ',' && memcmp(row + 1, want, w) == 0 && row[1 + w] == ',' &&
-		      row[2 + w] == ',' && memcmp(row + 3 + w, want, w) == 0);
+		CHECK(g == row_len && row[0] == ',' && memcmp(row + 1, want, w) == 0);
+		for (size_t i = 0; i < 2 + gap; i++)
+			CHECK(row[1 + w + i] == ',');
+		CHECK(memcmp(row + 3 + gap + w, want, w) == 0);
+		for (size_t i = 3 + gap + 6 * len + PCTENC_SLACK; i < sizeof(row); i++)
+			CHECK(row[i] == '#');
 	}
 
 	char d[16];
