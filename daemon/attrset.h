@@ -55,11 +55,19 @@ static inline int attrset_blob_next(const unsigned char **pos, const unsigned ch
 	if (p >= end)
 		return 0;
 	uint32_t id, vlen;
-	p = attrset_get_varint(p, end, &id);
-	if (!p)
-		return -EINVAL;
-	p = attrset_get_varint(p, end, &vlen);
-	if (!p || vlen > (size_t)(end - p))
+	if (end - p >= 2 && !((p[0] | p[1]) & 0x80)) { /* the usual: id < 128, value < 128 bytes */
+		id = p[0];
+		vlen = p[1];
+		p += 2;
+	} else {
+		p = attrset_get_varint(p, end, &id);
+		if (!p)
+			return -EINVAL;
+		p = attrset_get_varint(p, end, &vlen);
+		if (!p)
+			return -EINVAL;
+	}
+	if (vlen > (size_t)(end - p))
 		return -EINVAL;
 	kv->id = id;
 	kv->len = vlen;

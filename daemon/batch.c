@@ -326,8 +326,8 @@ int body_writer_init(struct body_writer *w, const uint32_t *ids, size_t n)
 	w->n_ids = max + 1;
 	w->ids = malloc((n ? n : 1) * sizeof(*w->ids));
 	w->col_of = calloc(w->n_ids, sizeof(*w->col_of));
-	w->cells = calloc(n + 1, sizeof(*w->cells));
-	if (!w->ids || !w->col_of || !w->cells)
+	buf_init(&w->row);
+	if (!w->ids || !w->col_of)
 		return -ENOMEM;
 	memcpy(w->ids, ids, n * sizeof(*ids));
 	qsort(w->ids, n, sizeof(*w->ids), cmp_id);
@@ -336,11 +336,48 @@ int body_writer_init(struct body_writer *w, const uint32_t *ids, size_t n)
 	return 0;
 }
 
+/* Writes k NUL separators at o (16-byte stores: o needs 15 bytes of slack). */
+static inline char *put_separators(char *o, uint32_t k)
+{
+	static const char zeros[16];
+	for (;;) {
+		memcpy(o, zeros, 16);
+		if (k <= 16)
+			return o + k;
+		o += 16;
+		k -= 16;
+	}
+}
+
+/* Copies len bytes from src, which is readable only up to src + len, with
+ * fixed-size moves (dst has 16 bytes of slack); a call to memcpy with a
+ * variable length costs more than the short copy itself. */
+static inline void copy_exact(char *dst, const char *src, size_t len)
+{
+	if (len >= 16) {
+		for (size_t i = 0; i + 16 < len; i += 16)
+			memcpy(dst + i, src + i, 16);
+		memcpy(dst + len - 16, src + len - 16, 16);
+	} else if (len >= 8) {
+		memcpy(dst, src, 8);
+		memcpy(dst + len - 8, src + len - 8, 8);
+	} else {
+		memcpy(dst, src, len);
+	}
+}
+
 int body_writer_row(struct body_writer *w, const char *profile, size_t profile_len, const void *blob, size_t blob_len)
 {
+	/* The row's cells, joined by NULs (none is in a value), then encoded in
+	 * one pass: 16-byte copies and separator stores may run past the row
+	 * into the slack, which the next cell overwrites. */
+	if (buf_reserve(&w->row, profile_len + blob_len + w->n_cols + 2 * PCTENC_SLACK) < 0)
+		return -ENOMEM;
+	char *o = w->row.data;
+	copy_exact(o, profile, profile_len);
+	o += profile_len;
 	const unsigned char *p = blob, *end = p + blob_len;
 	struct attr_kv kv;
-	struct pctenc_span *cell = w->cells;
 	uint32_t col = 0; /* columns written so far */
 	int r;
 	while ((r = attrset_blob_next(&p, end, &kv)) > 0) {
@@ -349,20 +386,27 @@ int body_writer_row(struct body_writer *w, const char *profile, size_t profile_l
 			continue;
 		if (c <= col)
 			return -EINVAL;
-		*cell++ = (struct pctenc_span){ .ptr = kv.val, .len = kv.len, .before = c - col };
+		o = put_separators(o, c - col);
+		if (kv.len <= 16 && (const unsigned char *)kv.val + 16 <= end)
+			memcpy(o, kv.val, 16); /* in place, past the value but inside the blob */
+		else
+			copy_exact(o, kv.val, kv.len);
+		o += kv.len;
 		col = c;
 	}
-	*cell++ = (struct pctenc_span){ .ptr = blob, .len = 0, .before = (uint32_t)w->n_cols - col };
 	if (r < 0)
 		return r;
-	/* The values are part of the blob, so 3x its size bounds their encoding. */
-	if (buf_reserve(&w->out, 3 * (profile_len + blob_len) + w->n_cols + 1 + 2 * PCTENC_SLACK) < 0)
+	if (col < w->n_cols)
+		o = put_separators(o, (uint32_t)w->n_cols - col);
+	size_t len = (size_t)(o - w->row.data), seps;
+	if (buf_reserve(&w->out, 3 * len + 1 + PCTENC_SLACK) < 0)
 		return -ENOMEM;
-	char *o = w->out.data + w->out.len;
-	o += pctenc_encode(profile, profile_len, o);
-	o += pctenc_encode_list(w->cells, (size_t)(cell - w->cells), o, blob, (const char *)end);
-	*o++ = '\n';
-	w->out.len = (size_t)(o - w->out.data);
+	char *e = w->out.data + w->out.len;
+	e += pctenc_encode_joined(w->row.data, len, e, &seps);
+	if (seps != w->n_cols)
+		return -EINVAL; /* a NUL inside a value: the blob is corrupt */
+	*e++ = '\n';
+	w->out.len = (size_t)(e - w->out.data);
 	return 0;
 }
 
@@ -381,7 +425,7 @@ void body_writer_finish(struct body_writer *w)
 {
 	free(w->ids);
 	free(w->col_of);
-	free(w->cells);
+	buf_finish(&w->row);
 	buf_finish(&w->out);
 }
 

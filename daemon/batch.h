@@ -42,7 +42,7 @@ struct body_writer {
 	uint32_t *col_of;     /* 1-based column of each attribute id; 0: not in the header */
 	uint32_t n_ids;
 	size_t n_cols;
-	struct pctenc_span *cells; /* the current row's cells, n_cols + 1 at most */
+	struct buf row;       /* the current row's cells joined by NULs */
 	struct buf out;
 	int64_t written;      /* bytes flushed so far */
 };

@@ -77,7 +77,9 @@ static size_t encode_scalar(const char *src, size_t len, char *dst)
  * dst needs PCTENC_SLACK bytes past the worst case. */
 static unsigned char compact[16][16]; /* pshufb pattern per 4-bit "needs encoding" mask */
 static unsigned char compact_len[16];   /* 4 + 2 per byte that needs encoding */
-static unsigned char shift_down[17][16]; /* pshufb pattern moving bytes k..15 to 0.. */
+/* Byte c is plain when plain_by_low[c & 15] & plain_by_high[c >> 4] != 0: one
+ * bit per high nibble that has plain bytes, set in the rows of their low nibbles. */
+static unsigned char plain_by_low[16], plain_by_high[16];
 
 static void build_compact(void)
 {
@@ -94,32 +96,43 @@ static void build_compact(void)
 		while (n < 16)
 			compact[m][n++] = 0x80;
 	}
-	for (unsigned k = 0; k <= 16; k++)
-		for (unsigned j = 0; j < 16; j++)
-			shift_down[k][j] = (unsigned char)(k + j < 16 ? k + j : 0x80);
+	/* High nibbles 2-7 hold every plain byte: one bit each. */
+	for (unsigned h = 2; h < 8; h++) {
+		plain_by_high[h] = (unsigned char)(1u << (h - 2));
+		for (unsigned l = 0; l < 16; l++)
+			if (is_plain((unsigned char)(h << 4 | l)))
+				plain_by_low[l] |= plain_by_high[h];
+	}
 }
 
-/* Encodes the first r (1 to 16) bytes of c; the rest are ignored. The same
- * instructions run whatever the bytes are (no branch to mispredict when cells
- * with and without special bytes alternate): bytes past r count as plain, so
- * their one-byte outputs come last in each group and are cut off at the end;
- * a group wholly past r is stored past the end, inside the slack (at most
- * 12 + 16 bytes from the block's start), where the next store overwrites it. */
-__attribute__((target("ssse3"))) static inline char *encode_block(__m128i c, unsigned r, char *out)
+/* Encodes the first r (1 to 16) bytes of c; the rest are ignored. With joined,
+ * a NUL byte is a separator: it becomes "," and is counted in *seps. The same
+ * instructions run whatever the bytes are (no branch to mispredict when
+ * blocks with and without special bytes alternate): bytes past r count as
+ * plain, so their one-byte outputs come last in each group and are cut off at
+ * the end; a group wholly past r is stored past the end, inside the slack (at
+ * most 12 + 16 bytes from the block's start), where the next store overwrites it. */
+__attribute__((target("ssse3,popcnt"), always_inline)) static inline char *encode_block(__m128i c, unsigned r, char *out, bool joined,
+									  unsigned *seps)
 {
-	/* Plain: letters (OR 0x20 folds A-Z onto a-z and nothing else), digits, - . _ ~ */
-	__m128i t = _mm_sub_epi8(_mm_or_si128(c, _mm_set1_epi8(0x20)), _mm_set1_epi8('a'));
-	__m128i plain = _mm_cmpeq_epi8(_mm_min_epu8(t, _mm_set1_epi8(25)), t);
-	__m128i d = _mm_sub_epi8(c, _mm_set1_epi8('0'));
-	plain = _mm_or_si128(plain, _mm_cmpeq_epi8(_mm_min_epu8(d, _mm_set1_epi8(9)), d));
-	plain = _mm_or_si128(plain, _mm_or_si128(_mm_cmpeq_epi8(c, _mm_set1_epi8('-')), _mm_cmpeq_epi8(c, _mm_set1_epi8('.'))));
-	plain = _mm_or_si128(plain, _mm_or_si128(_mm_cmpeq_epi8(c, _mm_set1_epi8('_')), _mm_cmpeq_epi8(c, _mm_set1_epi8('~'))));
-	unsigned special = ~(unsigned)_mm_movemask_epi8(plain) & ((1u << r) - 1);
-	const __m128i hex = _mm_setr_epi8('0', '1', '2', '3', '4', '5', '6', '7', '8', '9', 'A', 'B', 'C', 'D', 'E', 'F');
 	__m128i nib = _mm_set1_epi8(0x0f);
-	__m128i hi = _mm_shuffle_epi8(hex, _mm_and_si128(_mm_srli_epi16(c, 4), nib));
-	__m128i lo = _mm_shuffle_epi8(hex, _mm_and_si128(c, nib));
-	__m128i first = _mm_or_si128(_mm_and_si128(plain, c), _mm_andnot_si128(plain, _mm_set1_epi8('%')));
+	__m128i low = _mm_and_si128(c, nib), high = _mm_and_si128(_mm_srli_epi16(c, 4), nib);
+	const __m128i plain_lo = _mm_loadu_si128((const __m128i *)(const void *)plain_by_low);
+	const __m128i plain_hi = _mm_loadu_si128((const __m128i *)(const void *)plain_by_high);
+	__m128i classes = _mm_and_si128(_mm_shuffle_epi8(plain_lo, low), _mm_shuffle_epi8(plain_hi, high));
+	__m128i special_v = _mm_cmpeq_epi8(classes, _mm_setzero_si128());
+	unsigned keep = (1u << r) - 1;
+	if (joined) {
+		__m128i sep = _mm_cmpeq_epi8(c, _mm_setzero_si128());
+		special_v = _mm_andnot_si128(sep, special_v);
+		c = _mm_or_si128(c, _mm_and_si128(sep, _mm_set1_epi8(',')));
+		*seps += (unsigned)__builtin_popcount((unsigned)_mm_movemask_epi8(sep) & keep);
+	}
+	unsigned special = (unsigned)_mm_movemask_epi8(special_v) & keep;
+	const __m128i hex = _mm_setr_epi8('0', '1', '2', '3', '4', '5', '6', '7', '8', '9', 'A', 'B', 'C', 'D', 'E', 'F');
+	__m128i hi = _mm_shuffle_epi8(hex, high);
+	__m128i lo = _mm_shuffle_epi8(hex, low);
+	__m128i first = _mm_or_si128(_mm_andnot_si128(special_v, c), _mm_and_si128(special_v, _mm_set1_epi8('%')));
 	__m128i a = _mm_unpacklo_epi8(first, hi), b = _mm_unpacklo_epi8(lo, lo);
 	__m128i g0 = _mm_unpacklo_epi16(a, b), g1 = _mm_unpackhi_epi16(a, b);
 	a = _mm_unpackhi_epi8(first, hi);
@@ -138,57 +151,34 @@ __attribute__((target("ssse3"))) static inline char *encode_block(__m128i c, uns
 	return o - (16 - r);
 }
 
-/* The last r (1 to 16) bytes at src: loaded in place when 16 readable bytes
- * start there or end at src + r (then moved down), else through a copy. */
-__attribute__((target("ssse3"))) static inline __m128i load_tail(const char *src, unsigned r, const char *lo,
-								  const char *hi)
+/* One cell of len bytes, readable only up to its end: the last partial block
+ * goes through a copy. (Header names; rows use the joined form.) */
+__attribute__((target("ssse3,popcnt"))) static size_t encode_ssse3(const char *src, size_t len, char *dst)
 {
-	if (hi - src >= 16)
-		return _mm_loadu_si128((const __m128i *)(const void *)src);
-	if (src + r - lo >= 16) {
-		__m128i c = _mm_loadu_si128((const __m128i *)(const void *)(src + r - 16));
-		return _mm_shuffle_epi8(c, _mm_loadu_si128((const __m128i *)(const void *)shift_down[16 - r]));
-	}
-	char tail[16] = { 0 };
-	memcpy(tail, src, r);
-	return _mm_loadu_si128((const __m128i *)(const void *)tail);
-}
-
-/* Encodes one cell at out; returns the new end. */
-__attribute__((target("ssse3"))) static inline char *encode_cell_ssse3(const char *src, size_t len, char *out,
-								       const char *lo, const char *hi)
-{
-	if (len == 0)
-		return out;
-	size_t i = 0;
-	for (; len - i > 16; i += 16)
-		out = encode_block(_mm_loadu_si128((const __m128i *)(const void *)(src + i)), 16, out);
-	return encode_block(load_tail(src + i, (unsigned)(len - i), lo, hi), (unsigned)(len - i), out);
-}
-
-__attribute__((target("ssse3"))) static size_t encode_ssse3(const char *src, size_t len, char *dst)
-{
-	return (size_t)(encode_cell_ssse3(src, len, dst, src, src + len) - dst);
-}
-
-/* One loop over a row's cells, so the constants stay in registers and
- * neighbouring cells' blocks overlap in the pipeline. */
-__attribute__((target("ssse3"))) static size_t encode_list_ssse3(const struct pctenc_span *cells, size_t n, char *dst,
-								 const char *lo, const char *hi)
-{
-	const __m128i commas = _mm_set1_epi8(',');
 	char *out = dst;
-	for (size_t c = 0; c < n; c++) {
-		for (uint32_t k = cells[c].before;; k -= 16) {
-			_mm_storeu_si128((__m128i *)(void *)out, commas);
-			if (k <= 16) {
-				out += k;
-				break;
-			}
-			out += 16;
-		}
-		out = encode_cell_ssse3(cells[c].ptr, cells[c].len, out, lo, hi);
+	size_t i = 0;
+	for (; len - i >= 16; i += 16)
+		out = encode_block(_mm_loadu_si128((const __m128i *)(const void *)(src + i)), 16, out, false, NULL);
+	if (i < len) {
+		char tail[16] = { 0 };
+		memcpy(tail, src + i, len - i);
+		out = encode_block(_mm_loadu_si128((const __m128i *)(const void *)tail), (unsigned)(len - i), out, false,
+				   NULL);
 	}
+	return (size_t)(out - dst);
+}
+
+/* A whole row, readable 16 bytes past its end, in one loop. */
+__attribute__((target("ssse3,popcnt"))) static size_t encode_joined_ssse3(const char *src, size_t len, char *dst,
+									   size_t *separators)
+{
+	char *out = dst;
+	unsigned seps = 0;
+	for (size_t i = 0; i < len; i += 16) {
+		unsigned r = len - i < 16 ? (unsigned)(len - i) : 16;
+		out = encode_block(_mm_loadu_si128((const __m128i *)(const void *)(src + i)), r, out, true, &seps);
+	}
+	*separators = seps;
 	return (size_t)(out - dst);
 }
 #endif
@@ -201,25 +191,39 @@ static void setup(void)
 #if defined(__x86_64__) || defined(__i386__)
 	build_compact();
 	const char *force = getenv("TPSYNC_PCTENC"); /* "scalar": for the tests */
-	use_ssse3 = __builtin_cpu_supports("ssse3") && !(force && strcmp(force, "scalar") == 0);
+	use_ssse3 = __builtin_cpu_supports("ssse3") && __builtin_cpu_supports("popcnt") &&
+		    !(force && strcmp(force, "scalar") == 0);
 #endif
 	ready = true;
 }
 
-size_t pctenc_encode_list(const struct pctenc_span *cells, size_t n, char *dst, const char *lo, const char *hi)
+size_t pctenc_encode_joined(const char *src, size_t len, char *dst, size_t *separators)
 {
 	ensure_setup();
 #if defined(__x86_64__) || defined(__i386__)
 	if (use_ssse3)
-		return encode_list_ssse3(cells, n, dst, lo, hi);
+		return encode_joined_ssse3(src, len, dst, separators);
 #endif
 	char *out = dst;
-	for (size_t c = 0; c < n; c++) {
-		memset(out, ',', cells[c].before);
-		out += cells[c].before;
-		out += encode_scalar(cells[c].ptr, cells[c].len, out);
+	size_t seps = 0;
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)src[i];
+		if (c == 0) {
+			*out++ = ',';
+			seps++;
+		} else {
+			memcpy(out, table[c].text, 3);
+			out += table[c].len;
+		}
 	}
+	*separators = seps;
 	return (size_t)(out - dst);
+}
+
+const char *pctenc_impl(void)
+{
+	ensure_setup();
+	return use_ssse3 ? "ssse3" : "scalar";
 }
 
 size_t pctenc_encode(const char *src, size_t len, char *dst)

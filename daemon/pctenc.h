@@ -4,12 +4,12 @@
 #define TPSYNC_PCTENC_H
 
 #include <stddef.h>
-#include <stdint.h>
 
 /* Number of bytes pctenc_encode() writes for these len bytes. */
 size_t pctenc_encoded_len(const char *src, size_t len);
 
-/* The encoder stores 16 bytes at a time, up to this many past what it uses. */
+/* The encoder loads and stores 16 bytes at a time: it writes up to this many
+ * bytes past what it uses, and the joined form reads this far past its input. */
 #define PCTENC_SLACK 32
 
 /* Percent-encodes len bytes of src into dst, which must hold 3 * len +
@@ -19,18 +19,17 @@ size_t pctenc_encoded_len(const char *src, size_t len);
  * %XX, which is what Target's form decoding needs. Returns the bytes written. */
 size_t pctenc_encode(const char *src, size_t len, char *dst);
 
-/* A cell of a row: len bytes at ptr (len 0: empty), written after `before`
- * commas (the separators of the columns since the previous cell). */
-struct pctenc_span {
-	const char *ptr;
-	uint32_t len;
-	uint32_t before;
-};
-/* Writes each of n cells, its commas first, into dst, which needs room for the
- * commas + 3 * (the cells' total length) + PCTENC_SLACK. The cells lie inside
- * [lo, hi), which may be read whole: short cells are then loaded 16 bytes at a
- * time in place instead of copied. Returns the bytes written. */
-size_t pctenc_encode_list(const struct pctenc_span *cells, size_t n, char *dst, const char *lo, const char *hi);
+/* Percent-encodes a row held as its cells joined by NUL bytes: each NUL becomes
+ * the "," between two cells (and is counted in *separators), every other byte
+ * is encoded as pctenc_encode() does. src must be readable for PCTENC_SLACK
+ * bytes past len (it is loaded 16 bytes at a time); dst needs 3 * len +
+ * PCTENC_SLACK bytes. Returns the bytes written. Cell values never hold a NUL
+ * (every source refuses them), so *separators tells a caller that a corrupt
+ * value turned into an extra column. */
+size_t pctenc_encode_joined(const char *src, size_t len, char *dst, size_t *separators);
+
+/* The encoder in use: "ssse3" or "scalar" (TPSYNC_PCTENC=scalar forces it). */
+const char *pctenc_impl(void);
 
 /* Decodes form-urlencoded text ("%XX" and "+" as space) of len bytes into dst (at
  * least len bytes). Returns the decoded length, or -EINVAL on a "%" not followed by
