@@ -377,11 +377,14 @@ int body_writer_row(struct body_writer *w, const char *profile, size_t profile_l
 	copy_exact(o, profile, profile_len);
 	o += profile_len;
 	const unsigned char *p = blob, *end = p + blob_len;
+	/* In locals: the stores through o could alias *w, so the compiler would
+	 * reload these for every value. */
+	const uint32_t *col_of = w->col_of, n_ids = w->n_ids;
 	struct attr_kv kv;
 	uint32_t col = 0; /* columns written so far */
 	int r;
 	while ((r = attrset_blob_next(&p, end, &kv)) > 0) {
-		uint32_t c = kv.id < w->n_ids ? w->col_of[kv.id] : 0;
+		uint32_t c = kv.id < n_ids ? col_of[kv.id] : 0;
 		if (!c)
 			continue;
 		if (c <= col)
