@@ -77,6 +77,10 @@ static size_t encode_scalar(const char *src, size_t len, char *dst)
  * dst needs PCTENC_SLACK bytes past the worst case. */
 static unsigned char compact[16][16]; /* pshufb pattern per 4-bit "needs encoding" mask */
 static unsigned char compact_len[16];   /* 4 + 2 per byte that needs encoding */
+/* For 8 bytes with at most 4 to encode (mask m): pshufb patterns picking the
+ * output from the (first, high hex digit) pairs and from the low hex digits,
+ * and the output length, 8 + 2 per byte encoded. */
+static unsigned char pick_pair[256][16], pick_low[256][16], pick_len[256];
 /* Byte c is plain when plain_by_low[c & 15] & plain_by_high[c >> 4] != 0: one
  * bit per high nibble that has plain bytes, set in the rows of their low nibbles. */
 static unsigned char plain_by_low[16], plain_by_high[16];
@@ -95,6 +99,24 @@ static void build_compact(void)
 		compact_len[m] = (unsigned char)n;
 		while (n < 16)
 			compact[m][n++] = 0x80;
+	}
+	for (unsigned m = 0; m < 256; m++) {
+		unsigned n = 0;
+		if (__builtin_popcount(m) > 4)
+			continue; /* never used: the output would not fit */
+		for (unsigned j = 0; j < 8; j++) {
+			pick_pair[m][n] = (unsigned char)(2 * j);
+			pick_low[m][n++] = 0x80;
+			if (m & (1u << j)) {
+				pick_pair[m][n] = (unsigned char)(2 * j + 1);
+				pick_low[m][n++] = 0x80;
+				pick_pair[m][n] = 0x80;
+				pick_low[m][n++] = (unsigned char)j;
+			}
+		}
+		pick_len[m] = (unsigned char)n;
+		for (; n < 16; n++)
+			pick_pair[m][n] = pick_low[m][n] = 0x80;
 	}
 	/* High nibbles 2-7 hold every plain byte: one bit each. */
 	for (unsigned h = 2; h < 8; h++) {
@@ -133,13 +155,27 @@ __attribute__((target("ssse3,popcnt"), always_inline)) static inline char *encod
 	__m128i hi = _mm_shuffle_epi8(hex, high);
 	__m128i lo = _mm_shuffle_epi8(hex, low);
 	__m128i first = _mm_or_si128(_mm_andnot_si128(special_v, c), _mm_and_si128(special_v, _mm_set1_epi8('%')));
-	__m128i a = _mm_unpacklo_epi8(first, hi), b = _mm_unpacklo_epi8(lo, lo);
-	__m128i g0 = _mm_unpacklo_epi16(a, b), g1 = _mm_unpackhi_epi16(a, b);
-	a = _mm_unpackhi_epi8(first, hi);
-	b = _mm_unpackhi_epi8(lo, lo);
-	__m128i g2 = _mm_unpacklo_epi16(a, b), g3 = _mm_unpackhi_epi16(a, b);
-	unsigned m0 = special & 15, m1 = (special >> 4) & 15, m2 = (special >> 8) & 15, m3 = special >> 12;
+	__m128i pairs0 = _mm_unpacklo_epi8(first, hi), pairs1 = _mm_unpackhi_epi8(first, hi);
+	unsigned h0 = special & 0xff, h1 = special >> 8;
 	char *o = out;
+	if (__builtin_popcount(h0) <= 4 && __builtin_popcount(h1) <= 4) {
+		/* Each half's output fits 16 bytes: one store per 8 bytes. */
+		__m128i lo1 = _mm_srli_si128(lo, 8);
+		__m128i v0 = _mm_or_si128(_mm_shuffle_epi8(pairs0, _mm_loadu_si128((const __m128i *)(const void *)pick_pair[h0])),
+					  _mm_shuffle_epi8(lo, _mm_loadu_si128((const __m128i *)(const void *)pick_low[h0])));
+		__m128i v1 = _mm_or_si128(_mm_shuffle_epi8(pairs1, _mm_loadu_si128((const __m128i *)(const void *)pick_pair[h1])),
+					  _mm_shuffle_epi8(lo1, _mm_loadu_si128((const __m128i *)(const void *)pick_low[h1])));
+		_mm_storeu_si128((__m128i *)(void *)o, v0);
+		o += pick_len[h0];
+		_mm_storeu_si128((__m128i *)(void *)o, v1);
+		o += pick_len[h1];
+		return o - (16 - r);
+	}
+	__m128i b = _mm_unpacklo_epi8(lo, lo);
+	__m128i g0 = _mm_unpacklo_epi16(pairs0, b), g1 = _mm_unpackhi_epi16(pairs0, b);
+	b = _mm_unpackhi_epi8(lo, lo);
+	__m128i g2 = _mm_unpacklo_epi16(pairs1, b), g3 = _mm_unpackhi_epi16(pairs1, b);
+	unsigned m0 = special & 15, m1 = (special >> 4) & 15, m2 = (special >> 8) & 15, m3 = special >> 12;
 	_mm_storeu_si128((__m128i *)(void *)o, _mm_shuffle_epi8(g0, _mm_loadu_si128((const __m128i *)(const void *)compact[m0])));
 	o += compact_len[m0];
 	_mm_storeu_si128((__m128i *)(void *)o, _mm_shuffle_epi8(g1, _mm_loadu_si128((const __m128i *)(const void *)compact[m1])));
