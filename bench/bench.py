@@ -162,22 +162,22 @@ class Fake:
         self.log.close()
 
 
-def best_cat(src, dst, runs=3):
-    """The copy floor: cat of src into a new file, best of runs (no shell in the timing)."""
-    best = None
-    for _ in range(runs):
-        if os.path.exists(dst):
-            os.unlink(dst)
-        with open(dst, "wb") as out:
-            t = time.perf_counter()
-            subprocess.run(["cat", src], stdout=out, check=True)
-            dt = time.perf_counter() - t
-        best = dt if best is None else min(best, dt)
-    return best
+def time_cat(src, dst):
+    """The copy floor: cat of src into a new file (no shell in the timing)."""
+    if os.path.exists(dst):
+        os.unlink(dst)
+    with open(dst, "wb") as out:
+        t = time.perf_counter()
+        subprocess.run(["cat", src], stdout=out, check=True)
+        return time.perf_counter() - t
+
+
+ENCODE_ROUNDS = 5
 
 
 def bench_encoding(args, work):
-    print("encoding: one full batch (500,000 rows x 10 attributes, full profiles); best of 3 runs each")
+    print(f"encoding: one full batch (500,000 rows x 10 attributes, full profiles); best of {ENCODE_ROUNDS} rounds,"
+          " each a cat and three encoder runs, alternated")
     src = os.path.join(work, "enc.csv")
     gen(500000, args.attrs, src, "--seed", "5")
     d = Daemon(os.path.join(work, "enc"))
@@ -185,15 +185,26 @@ def bench_encoding(args, work):
     d.drop(src, "a.csv")
     d.stop()
     out = os.path.join(work, "batch.csv")
-    r = subprocess.run([os.path.join(BUILD, "bench", "bench_encode"), os.path.join(work, "enc", "state.db"), out],
-                       capture_output=True, text=True, check=True)
-    build_s, write_s, size, rows, encode_s, scan_s, encoded = r.stdout.split()
-    build_s, write_s, size, encode_s, scan_s = float(build_s), float(write_s), int(size), float(encode_s), float(scan_s)
-    cat_s = best_cat(out, os.path.join(work, "copy.csv"))
+    exe, db = os.path.join(BUILD, "bench", "bench_encode"), os.path.join(work, "enc", "state.db")
+    best = None
+    cat_s = None
+    for round_ in range(ENCODE_ROUNDS):
+        r = subprocess.run([exe] + (["--again"] if round_ else []) + [db, out],
+                           capture_output=True, text=True, check=True)
+        f = r.stdout.split()
+        got = [float(f[0]), float(f[1]), int(f[2]), int(f[3]), float(f[4]), float(f[5]), int(f[6])]
+        if best is None:
+            best = got
+        else:
+            for i in (1, 4, 5):
+                best[i] = min(best[i], got[i])
+        c = time_cat(out, os.path.join(work, "copy.csv"))
+        cat_s = c if cat_s is None else min(cat_s, c)
+    build_s, write_s, size, rows, encode_s, scan_s, encoded = best
     mb = size / 1e6
     report("cat of the same-size file (copy floor)", mb / cat_s, "MB/s", note=f"{mb:.1f} MB in {cat_s * 1000:.1f} ms")
-    report("encoder: rows in memory -> batch file", int(encoded) / 1e6 / encode_s, "MB/s", int(encoded) / 1e6 / cat_s,
-           "cat", f"{int(rows):,} rows in {encode_s * 1000:.1f} ms")
+    report("encoder: rows in memory -> batch file", encoded / 1e6 / encode_s, "MB/s", encoded / 1e6 / cat_s,
+           "cat", f"{rows:,} rows in {encode_s * 1000:.1f} ms")
     report("batch file from the state db (read + encode)", mb / write_s, "MB/s", mb / cat_s, "cat",
            f"{write_s * 1000:.1f} ms, what the sender does per POST")
     report("SQLite stepping through those rows alone", mb / scan_s, "MB/s", mb / cat_s, "cat",

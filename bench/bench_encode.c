@@ -6,11 +6,16 @@
  *           encoding them (what the sender does before each POST);
  *   encode  the encoder alone, to a file, over the same rows held in memory;
  *   scan    SQLite alone stepping through the same rows (the read floor).
- * write, encode and scan are the best of three runs, as the caller's cat is.
- *   bench_encode STATE.db OUT [max_rows]
+ * write, encode and scan are the best of three runs.
+ *   bench_encode [--again] STATE.db OUT [max_rows]
+ * With --again, the last batch built is timed again instead of a new one
+ * (build_s is then 0), so that the caller can alternate these runs with its
+ * reference (cat) and both meet the same state of a shared machine.
  * Prints "build_s write_s bytes rows encode_s scan_s encoded_bytes". */
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -88,8 +93,13 @@ static double scan_and_load(struct store *st, int64_t id, struct rows *rows)
 
 int main(int argc, char **argv)
 {
+	bool again = argc > 1 && strcmp(argv[1], "--again") == 0;
+	if (again) {
+		argc--;
+		argv++;
+	}
 	if (argc < 3) {
-		fprintf(stderr, "usage: bench_encode STATE.db OUT [max_rows]\n");
+		fprintf(stderr, "usage: bench_encode [--again] STATE.db OUT [max_rows]\n");
 		return 64;
 	}
 	char err[256];
@@ -103,9 +113,14 @@ int main(int argc, char **argv)
 	cfg.batch.max_rows = argc > 3 ? atol(argv[3]) : TARGET_MAX_ROWS;
 	cfg.batch.max_bytes = TARGET_MAX_BYTES - 1;
 	cfg.batch.rows = ROWS_FULL_PROFILE;
-	double t0 = now();
-	int64_t id = batch_build(st, &cfg, cfg.batch.max_rows);
-	double build_s = now() - t0;
+	double t0 = now(), build_s = 0;
+	int64_t id;
+	if (again) {
+		id = store_query_int(st, "SELECT max(id) FROM batches", 0);
+	} else {
+		id = batch_build(st, &cfg, cfg.batch.max_rows);
+		build_s = now() - t0;
+	}
 	if (id <= 0) {
 		fprintf(stderr, "bench_encode: no batch built (%lld): %s\n", (long long)id, sqlite3_errmsg(st->db));
 		return 1;

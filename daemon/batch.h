@@ -50,8 +50,9 @@ struct body_writer {
 /* Returns 0 or -ENOMEM (w must still be finished). */
 int body_writer_init(struct body_writer *w, const uint32_t *ids, size_t n);
 /* Appends profile's row from its attribute blob (values of attributes not in
- * the header are left out). Returns 0, -EINVAL for a corrupt blob (including
- * ids out of order), or -ENOMEM. */
+ * the header are left out). Returns 0, -EINVAL for a corrupt blob (a length
+ * past its end, ids out of order, or a NUL in a value or the profile id, which
+ * no source lets in), or -ENOMEM. */
 int body_writer_row(struct body_writer *w, const char *profile, size_t profile_len, const void *blob, size_t blob_len);
 /* Returns 0 or -EIO. */
 int body_writer_flush(struct body_writer *w, FILE *out, size_t at_least);

@@ -70,11 +70,14 @@ static size_t encode_scalar(const char *src, size_t len, char *dst)
 }
 
 #if defined(__x86_64__) || defined(__i386__)
-/* SSSE3, 16 bytes at a time without branching on the data: each byte becomes
- * a 4-byte group "c??" (plain) or "%HL" (not plain), and one pshufb per group
- * of four input bytes keeps 1 or 3 bytes of each, picked by a 16-entry table
- * indexed by which of the four need encoding. Every store is 16 bytes, so
- * dst needs PCTENC_SLACK bytes past the worst case. */
+/* SSSE3, 16 bytes at a time. Each byte has a first output byte (itself, or
+ * "%") and two hex digits; which bytes need encoding is a 16-bit mask. Each
+ * 8-byte half with at most 4 such bytes (text nearly always) is written with
+ * one 16-byte store: two pshufb pick its output from the (first, high digit)
+ * pairs and from the low digits, by 256-entry patterns indexed by the half's
+ * mask. A denser block is written as four 4-byte groups "c??" or "%HL", one
+ * pshufb each keeping 1 or 3 bytes of each byte, by a 16-entry table. Every
+ * store is 16 bytes, so dst needs PCTENC_SLACK bytes past the worst case. */
 static unsigned char compact[16][16]; /* pshufb pattern per 4-bit "needs encoding" mask */
 static unsigned char compact_len[16];   /* 4 + 2 per byte that needs encoding */
 /* For 8 bytes with at most 4 to encode (mask m): pshufb patterns picking the
@@ -127,15 +130,37 @@ static void build_compact(void)
 	}
 }
 
+/* Stores the output of 8 bytes, m of which need encoding (at most 4), from
+ * their (first, high digit) pairs and low digits (in lo's first 8 bytes) at o;
+ * returns the end. */
+__attribute__((target("ssse3"), always_inline)) static inline char *put_half(char *o, __m128i pairs, __m128i lo,
+									    unsigned m)
+{
+	__m128i from_pairs = _mm_shuffle_epi8(pairs, _mm_loadu_si128((const __m128i *)(const void *)pick_pair[m]));
+	__m128i from_lo = _mm_shuffle_epi8(lo, _mm_loadu_si128((const __m128i *)(const void *)pick_low[m]));
+	_mm_storeu_si128((__m128i *)(void *)o, _mm_or_si128(from_pairs, from_lo));
+	return o + pick_len[m];
+}
+
+/* Stores the 1 or 3 bytes kept of each of group g's four bytes (m: which
+ * need encoding) at o; returns the end. */
+__attribute__((target("ssse3"), always_inline)) static inline char *put_group(char *o, __m128i g, unsigned m)
+{
+	__m128i kept = _mm_shuffle_epi8(g, _mm_loadu_si128((const __m128i *)(const void *)compact[m]));
+	_mm_storeu_si128((__m128i *)(void *)o, kept);
+	return o + compact_len[m];
+}
+
 /* Encodes the first r (1 to 16) bytes of c; the rest are ignored. With joined,
- * a NUL byte is a separator: it becomes "," and is counted in *seps. The same
- * instructions run whatever the bytes are (no branch to mispredict when
- * blocks with and without special bytes alternate): bytes past r count as
- * plain, so their one-byte outputs come last in each group and are cut off at
- * the end; a group wholly past r is stored past the end, inside the slack (at
- * most 12 + 16 bytes from the block's start), where the next store overwrites it. */
-__attribute__((target("ssse3,popcnt"), always_inline)) static inline char *encode_block(__m128i c, unsigned r, char *out, bool joined,
-									  unsigned *seps)
+ * a NUL byte is a separator: it becomes "," and is counted in *seps. Whether
+ * a block has bytes to encode is not a branch (about a third of real cells do,
+ * in no pattern): bytes past r count as plain, so their one-byte outputs come
+ * last in each half or group and are cut off at the end, and a half or group
+ * wholly past r is stored past the end, inside the slack (at most 27 bytes
+ * past the end of the output), where the next store overwrites it. */
+__attribute__((target("ssse3,popcnt"), always_inline)) static inline char *encode_block(__m128i c, unsigned r,
+											 char *out, bool joined,
+											 unsigned *seps)
 {
 	__m128i nib = _mm_set1_epi8(0x0f);
 	__m128i low = _mm_and_si128(c, nib), high = _mm_and_si128(_mm_srli_epi16(c, 4), nib);
@@ -160,30 +185,18 @@ __attribute__((target("ssse3,popcnt"), always_inline)) static inline char *encod
 	char *o = out;
 	if (__builtin_popcount(h0) <= 4 && __builtin_popcount(h1) <= 4) {
 		/* Each half's output fits 16 bytes: one store per 8 bytes. */
-		__m128i lo1 = _mm_srli_si128(lo, 8);
-		__m128i v0 = _mm_or_si128(_mm_shuffle_epi8(pairs0, _mm_loadu_si128((const __m128i *)(const void *)pick_pair[h0])),
-					  _mm_shuffle_epi8(lo, _mm_loadu_si128((const __m128i *)(const void *)pick_low[h0])));
-		__m128i v1 = _mm_or_si128(_mm_shuffle_epi8(pairs1, _mm_loadu_si128((const __m128i *)(const void *)pick_pair[h1])),
-					  _mm_shuffle_epi8(lo1, _mm_loadu_si128((const __m128i *)(const void *)pick_low[h1])));
-		_mm_storeu_si128((__m128i *)(void *)o, v0);
-		o += pick_len[h0];
-		_mm_storeu_si128((__m128i *)(void *)o, v1);
-		o += pick_len[h1];
+		o = put_half(o, pairs0, lo, h0);
+		o = put_half(o, pairs1, _mm_srli_si128(lo, 8), h1);
 		return o - (16 - r);
 	}
 	__m128i b = _mm_unpacklo_epi8(lo, lo);
 	__m128i g0 = _mm_unpacklo_epi16(pairs0, b), g1 = _mm_unpackhi_epi16(pairs0, b);
 	b = _mm_unpackhi_epi8(lo, lo);
 	__m128i g2 = _mm_unpacklo_epi16(pairs1, b), g3 = _mm_unpackhi_epi16(pairs1, b);
-	unsigned m0 = special & 15, m1 = (special >> 4) & 15, m2 = (special >> 8) & 15, m3 = special >> 12;
-	_mm_storeu_si128((__m128i *)(void *)o, _mm_shuffle_epi8(g0, _mm_loadu_si128((const __m128i *)(const void *)compact[m0])));
-	o += compact_len[m0];
-	_mm_storeu_si128((__m128i *)(void *)o, _mm_shuffle_epi8(g1, _mm_loadu_si128((const __m128i *)(const void *)compact[m1])));
-	o += compact_len[m1];
-	_mm_storeu_si128((__m128i *)(void *)o, _mm_shuffle_epi8(g2, _mm_loadu_si128((const __m128i *)(const void *)compact[m2])));
-	o += compact_len[m2];
-	_mm_storeu_si128((__m128i *)(void *)o, _mm_shuffle_epi8(g3, _mm_loadu_si128((const __m128i *)(const void *)compact[m3])));
-	o += compact_len[m3];
+	o = put_group(o, g0, special & 15);
+	o = put_group(o, g1, (special >> 4) & 15);
+	o = put_group(o, g2, (special >> 8) & 15);
+	o = put_group(o, g3, special >> 12);
 	return o - (16 - r);
 }
 
