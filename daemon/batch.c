@@ -26,6 +26,13 @@ struct header {
 	int64_t encoded; /* bytes of the encoded names plus their commas */
 };
 
+/* Ascending attribute ids: the order of a body's columns. */
+static int cmp_id(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+	return x < y ? -1 : x > y;
+}
+
 static int header_add(struct header *h, const struct store *st, uint32_t id)
 {
 	if (id >= h->seen_cap) {
@@ -215,7 +222,10 @@ int64_t batch_build(struct store *st, const struct config *cfg, int64_t max_rows
 	if (sqlite3_step(s) != SQLITE_DONE)
 		goto db_error;
 	sqlite3_reset(s);
-	/* The header is kept as an attribute set with empty values: the column order. */
+	/* The header: its attribute ids as varints, ascending, which is the order of
+	 * the body's columns (body_writer_init sorts again, for batches stored
+	 * before the order was fixed). */
+	qsort(h.ids, h.n, sizeof(*h.ids), cmp_id);
 	buf_reset(&attrs_blob);
 	for (size_t i = 0; i < h.n; i++) {
 		unsigned char tmp[10];
@@ -307,12 +317,6 @@ static int put_encoded(struct buf *line, const char *s, size_t len)
 		return -ENOMEM;
 	line->len += pctenc_encode(s, len, line->data + line->len);
 	return 0;
-}
-
-static int cmp_id(const void *a, const void *b)
-{
-	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-	return x < y ? -1 : x > y;
 }
 
 int body_writer_init(struct body_writer *w, const uint32_t *ids, size_t n)

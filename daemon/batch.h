@@ -26,7 +26,8 @@ int64_t batch_build(struct store *st, const struct config *cfg, int64_t max_rows
  * written, or a negative errno. */
 int64_t batch_write_body(struct store *st, const struct config *cfg, int64_t id, FILE *out);
 
-/* The header's attribute ids of batch id, in column order, into a malloc'd
+/* The header's attribute ids of batch id, as stored (ascending since the body's
+ * columns are in that order; older batches: in order of first use), into a malloc'd
  * *ids (the caller frees it). Returns 0, -ENOENT, -EIO or -ENOMEM. */
 int batch_header_ids(struct store *st, int64_t id, uint32_t **ids, size_t *n);
 

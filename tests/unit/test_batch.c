@@ -232,6 +232,19 @@ int main(void)
 	store_commit(st);
 	CHECK(q("SELECT count(*) FROM dead_letters WHERE reason LIKE '%stuck again%'") == b6_rows);
 
+	/* The stored header is in ascending id order (the body's column order),
+	 * whatever order the rows first used the attributes in. */
+	stage("hdr-1", (const char *[]){ "zz_new_attr=1", NULL });
+	stage("hdr-2", (const char *[]){ "city=Utrecht", "loyaltyTier=gold", NULL });
+	int64_t hb = batch_build(st, &cfg, 1000);
+	CHECK(hb > 0);
+	uint32_t *hids = NULL;
+	size_t hn = 0;
+	CHECK(batch_header_ids(st, hb, &hids, &hn) == 0 && hn >= 3);
+	for (size_t i = 1; i < hn; i++)
+		CHECK(hids[i - 1] < hids[i]);
+	free(hids);
+
 	test_body_writer();
 
 	attrset_finish(&in);
