@@ -24,6 +24,8 @@ TPSYNCCTL = os.path.join(BUILD, "daemon", "tpsyncctl")
 FAKE = os.path.join(BUILD, "tests", "fake-target", "fake-target")
 GEN = os.path.join(ROOT, "bench", "gen.py")
 HZ = os.sysconf("SC_CLK_TCK")
+sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
+from harness import cpu_seconds, peak_rss_mb  # noqa: E402  (the process probes the tests use)
 
 results = []
 
@@ -46,20 +48,6 @@ def wait_for(cond, timeout, what, interval=0.05):
             return v
         time.sleep(interval)
     raise SystemExit(f"bench: timed out waiting for {what}")
-
-
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / HZ
-
-
-def peak_rss_mb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 class Daemon:

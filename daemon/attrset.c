@@ -37,7 +37,7 @@ static int reserve(struct attrset *s, size_t need)
 	return 0;
 }
 
-static int put_varint(struct buf *out, uint32_t v)
+int attrset_put_varint(struct buf *out, uint32_t v)
 {
 	unsigned char tmp[5];
 	size_t n = 0;
@@ -70,7 +70,7 @@ int attrset_decode(struct attrset *s, const void *blob, size_t len)
 int attrset_encode(const struct attrset *s, struct buf *out)
 {
 	for (size_t i = 0; i < s->n; i++) {
-		if (put_varint(out, s->kv[i].id) < 0 || put_varint(out, s->kv[i].len) < 0 ||
+		if (attrset_put_varint(out, s->kv[i].id) < 0 || attrset_put_varint(out, s->kv[i].len) < 0 ||
 		    buf_append(out, s->kv[i].val, s->kv[i].len) < 0)
 			return -ENOMEM;
 	}

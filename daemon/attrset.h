@@ -31,9 +31,8 @@ static inline void attrset_clear(struct attrset *s) { s->n = 0; }
 /* Replaces the set's contents with the blob's; values point into blob, which must
  * outlive the set's use. Returns 0, -EINVAL for a corrupt blob, or -ENOMEM. */
 int attrset_decode(struct attrset *s, const void *blob, size_t len);
-/* Steps through a blob without decoding it into a set: the entry at *pos goes to
- * *kv (its value points into the blob) and *pos moves past it. Returns 1, 0 at
- * the end, or -EINVAL for a corrupt entry. */
+/* Reads the varint at p (before end) into *out. Returns the byte after it, or
+ * NULL when it runs past end or over 5 bytes. */
 static inline const unsigned char *attrset_get_varint(const unsigned char *p, const unsigned char *end, uint32_t *out)
 {
 	uint32_t v = 0;
@@ -48,7 +47,13 @@ static inline const unsigned char *attrset_get_varint(const unsigned char *p, co
 	return NULL;
 }
 
-/* Inline: the batch encoder calls it for every value of every row. */
+/* Appends v as a varint. Returns 0 or -ENOMEM. */
+int attrset_put_varint(struct buf *out, uint32_t v);
+
+/* Steps through a blob without decoding it into a set: the entry at *pos goes to
+ * *kv (its value points into the blob) and *pos moves past it. Returns 1, 0 at
+ * the end, or -EINVAL for a corrupt entry. Inline: the batch encoder calls it
+ * for every value of every row. */
 static inline int attrset_blob_next(const unsigned char **pos, const unsigned char *end, struct attr_kv *kv)
 {
 	const unsigned char *p = *pos;

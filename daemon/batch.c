@@ -227,20 +227,9 @@ int64_t batch_build(struct store *st, const struct config *cfg, int64_t max_rows
 	 * before the order was fixed). */
 	qsort(h.ids, h.n, sizeof(*h.ids), cmp_id);
 	buf_reset(&attrs_blob);
-	for (size_t i = 0; i < h.n; i++) {
-		unsigned char tmp[10];
-		size_t n = 0;
-		uint32_t v = h.ids[i];
-		do {
-			tmp[n] = v & 0x7f;
-			v >>= 7;
-			if (v)
-				tmp[n] |= 0x80;
-			n++;
-		} while (v);
-		if (buf_append(&attrs_blob, tmp, n) < 0)
+	for (size_t i = 0; i < h.n; i++)
+		if (attrset_put_varint(&attrs_blob, h.ids[i]) < 0)
 			goto nomem;
-	}
 	s = store_stmt(st, "UPDATE batches SET rows = ?2, bytes = ?3, header = ?4 WHERE id = ?1");
 	if (!s)
 		goto db_error;
@@ -295,16 +284,15 @@ int batch_header_ids(struct store *st, int64_t id, uint32_t **ids, size_t *n)
 		sqlite3_reset(s);
 		return -ENOMEM;
 	}
-	uint32_t v = 0;
-	int shift = 0;
-	for (size_t i = 0; i < len; i++) {
-		v |= (uint32_t)(p[i] & 0x7f) << shift;
-		shift += 7;
-		if (!(p[i] & 0x80)) {
-			(*ids)[(*n)++] = v;
-			v = 0;
-			shift = 0;
+	for (const unsigned char *end = p + len; p < end;) {
+		p = attrset_get_varint(p, end, &(*ids)[*n]);
+		if (!p) {
+			sqlite3_reset(s);
+			free(*ids);
+			*ids = NULL;
+			return -EINVAL;
 		}
+		(*n)++;
 	}
 	sqlite3_reset(s);
 	return 0;

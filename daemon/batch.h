@@ -28,7 +28,8 @@ int64_t batch_write_body(struct store *st, const struct config *cfg, int64_t id,
 
 /* The header's attribute ids of batch id, as stored (ascending since the body's
  * columns are in that order; older batches: in order of first use), into a malloc'd
- * *ids (the caller frees it). Returns 0, -ENOENT, -EIO or -ENOMEM. */
+ * *ids (the caller frees it). Returns 0, -ENOENT, -EIO, -ENOMEM, or -EINVAL for a
+ * corrupt header. */
 int batch_header_ids(struct store *st, int64_t id, uint32_t **ids, size_t *n);
 
 /* The encoder behind batch_write_body, for rows from anywhere: the columns

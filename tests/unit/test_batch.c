@@ -244,6 +244,14 @@ int main(void)
 	for (size_t i = 1; i < hn; i++)
 		CHECK(hids[i - 1] < hids[i]);
 	free(hids);
+	/* A header cut inside a varint is refused, and so is writing its body. */
+	char sql[128];
+	snprintf(sql, sizeof(sql), "UPDATE batches SET header = x'0180' WHERE id = %lld", (long long)hb);
+	CHECK(store_exec(st, sql) == 0);
+	CHECK(batch_header_ids(st, hb, &hids, &hn) == -EINVAL && hids == NULL);
+	FILE *sink = fopen("/dev/null", "w");
+	CHECK(sink && batch_write_body(st, &cfg, hb, sink) == -EINVAL);
+	fclose(sink);
 
 	test_body_writer();
 
