@@ -12,6 +12,7 @@
  * (build_s is then 0), so that the caller can alternate these runs with its
  * reference (cat) and both meet the same state of a shared machine.
  * Prints "build_s write_s bytes rows encode_s scan_s encoded_bytes". */
+#include <fcntl.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,16 +34,15 @@ static double now(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-/* Default stdio buffering, as the sender's tmpfile() has: the writer's 1 MiB
- * chunks then go to write(2) without another copy. */
-static FILE *open_out(const char *path)
+/* A new file, as the sender's tmpfile() is. */
+static int open_out(const char *path)
 {
-	FILE *f = fopen(path, "w");
-	if (!f) {
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	if (fd < 0) {
 		perror(path);
 		exit(1);
 	}
-	return f;
+	return fd;
 }
 
 /* The batch's rows, copied into one buffer: (profile, blob) offsets and lengths. */
@@ -129,10 +129,10 @@ int main(int argc, char **argv)
 	double write_s = 1e9;
 	int64_t bytes = 0;
 	for (int run = 0; run < RUNS; run++) {
-		FILE *out = open_out(argv[2]);
+		int out = open_out(argv[2]);
 		double t = now();
 		bytes = batch_write_body(st, &cfg, id, out);
-		if (bytes < 0 || fclose(out) != 0) {
+		if (bytes < 0 || close(out) != 0) {
 			fprintf(stderr, "bench_encode: write failed\n");
 			return 1;
 		}
@@ -151,19 +151,21 @@ int main(int argc, char **argv)
 	double encode_s = 1e9;
 	int64_t encoded = 0;
 	for (int run = 0; run < RUNS; run++) {
-		FILE *out = open_out(copy);
+		int out = open_out(copy);
 		struct body_writer w;
 		double t = now();
 		int r = body_writer_init(&w, ids, n_ids);
+		if (r == 0)
+			body_writer_open(&w, out);
 		for (size_t i = 0; i < rows.n && r == 0; i++) {
 			const size_t *at = rows.at[i];
 			r = body_writer_row(&w, rows.mem.data + at[0], at[1], rows.mem.data + at[2], at[3]);
 			if (r == 0)
-				r = body_writer_flush(&w, out, BODY_WRITER_CHUNK);
+				r = body_writer_flush(&w, BODY_WRITER_CHUNK);
 		}
 		if (r == 0)
-			r = body_writer_flush(&w, out, 0);
-		if (r < 0 || fclose(out) != 0)
+			r = body_writer_flush(&w, 0);
+		if (r < 0 || close(out) != 0)
 			return 1;
 		double dt = now() - t;
 		encode_s = dt < encode_s ? dt : encode_s;

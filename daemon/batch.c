@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "attrset.h"
 #include "pctenc.h"
@@ -310,6 +311,7 @@ static int put_encoded(struct buf *line, const char *s, size_t len)
 int body_writer_init(struct body_writer *w, const uint32_t *ids, size_t n)
 {
 	memset(w, 0, sizeof(*w));
+	w->fd = -1;
 	buf_init(&w->out);
 	uint32_t max = 0;
 	for (size_t i = 0; i < n; i++)
@@ -405,12 +407,26 @@ int body_writer_row(struct body_writer *w, const char *profile, size_t profile_l
 	return 0;
 }
 
-int body_writer_flush(struct body_writer *w, FILE *out, size_t at_least)
+void body_writer_open(struct body_writer *w, int fd)
+{
+	w->fd = fd;
+}
+
+int body_writer_flush(struct body_writer *w, size_t at_least)
 {
 	if (w->out.len < at_least || w->out.len == 0)
 		return 0;
-	if (fwrite(w->out.data, 1, w->out.len, out) != w->out.len)
-		return -EIO;
+	const char *p = w->out.data;
+	size_t left = w->out.len;
+	while (left > 0) {
+		ssize_t n = write(w->fd, p, left);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return n < 0 ? -errno : -EIO;
+		p += n;
+		left -= (size_t)n;
+	}
 	w->written += (int64_t)w->out.len;
 	buf_reset(&w->out);
 	return 0;
@@ -424,7 +440,7 @@ void body_writer_finish(struct body_writer *w)
 	buf_finish(&w->out);
 }
 
-int64_t batch_write_body(struct store *st, const struct config *cfg, int64_t id, FILE *out)
+int64_t batch_write_body(struct store *st, const struct config *cfg, int64_t id, int fd)
 {
 	uint32_t *ids = NULL;
 	size_t n = 0;
@@ -433,6 +449,7 @@ int64_t batch_write_body(struct store *st, const struct config *cfg, int64_t id,
 	if (r < 0)
 		return r;
 	r = body_writer_init(&w, ids, n);
+	free(ids);
 	if (r == 0)
 		r = buf_append(&w.out, "batch=", 6);
 	if (r == 0)
@@ -446,29 +463,30 @@ int64_t batch_write_body(struct store *st, const struct config *cfg, int64_t id,
 	if (r == 0)
 		r = buf_putc(&w.out, '\n');
 	sqlite3_stmt *s = store_stmt(st, "SELECT profile, attrs FROM batch_rows WHERE batch_id = ? ORDER BY profile");
-	if (!s) {
+	if (r == 0 && !s)
 		r = -EIO;
-		goto out;
-	}
-	sqlite3_bind_int64(s, 1, id);
-	while (r == 0 && sqlite3_step(s) == SQLITE_ROW) {
-		r = body_writer_row(&w, (const char *)sqlite3_column_text(s, 0), (size_t)sqlite3_column_bytes(s, 0),
-				    sqlite3_column_blob(s, 1), (size_t)sqlite3_column_bytes(s, 1));
+	if (r == 0) {
+		body_writer_open(&w, fd);
+		sqlite3_bind_int64(s, 1, id);
+		int rc;
+		while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+			r = body_writer_row(&w, (const char *)sqlite3_column_text(s, 0),
+					    (size_t)sqlite3_column_bytes(s, 0), sqlite3_column_blob(s, 1),
+					    (size_t)sqlite3_column_bytes(s, 1));
+			if (r == 0)
+				r = body_writer_flush(&w, BODY_WRITER_CHUNK);
+			if (r < 0)
+				break;
+		}
+		if (r == 0 && rc != SQLITE_DONE)
+			r = -EIO;
+		sqlite3_reset(s);
 		if (r == 0)
-			r = body_writer_flush(&w, out, BODY_WRITER_CHUNK);
+			r = body_writer_flush(&w, 0);
 	}
-	sqlite3_reset(s);
-	if (r == 0)
-		r = body_writer_flush(&w, out, 0);
-out:
-	free(ids);
 	int64_t total = w.written;
 	body_writer_finish(&w);
-	if (r < 0)
-		return r;
-	if (fflush(out) != 0 || ferror(out))
-		return -EIO;
-	return total;
+	return r < 0 ? r : total;
 }
 
 int batch_accept(struct store *st, int64_t id)

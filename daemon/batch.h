@@ -6,7 +6,6 @@
 #define TPSYNC_BATCH_H
 
 #include <stdint.h>
-#include <stdio.h>
 
 #include "config.h"
 #include "pctenc.h"
@@ -21,10 +20,11 @@
  * errno (-EIO: see sqlite3_errmsg). */
 int64_t batch_build(struct store *st, const struct config *cfg, int64_t max_rows);
 
-/* Writes the request body of batch id to out: "batch=", the header row, one row
- * per profile, every name and value percent-encoded. Returns the number of bytes
- * written, or a negative errno. */
-int64_t batch_write_body(struct store *st, const struct config *cfg, int64_t id, FILE *out);
+/* Writes the request body of batch id to fd at its offset: "batch=", the header
+ * row, one row per profile, every name and value percent-encoded. Returns the
+ * number of bytes written, or a negative errno (-ENOSPC, -EIO: a write failed;
+ * -EINVAL: a corrupt header or row). */
+int64_t batch_write_body(struct store *st, const struct config *cfg, int64_t id, int fd);
 
 /* The header's attribute ids of batch id, as stored (ascending since the body's
  * columns are in that order; older batches: in order of first use), into a malloc'd
@@ -35,9 +35,9 @@ int batch_header_ids(struct store *st, int64_t id, uint32_t **ids, size_t *n);
 /* The encoder behind batch_write_body, for rows from anywhere: the columns
  * are the header's attribute ids in ascending order (w->ids; whatever order
  * they are given in), so that a row is written in one pass over its blob,
- * whose ids ascend too. Rows appended with body_writer_row go to w->out, and
- * body_writer_flush writes w->out to a file once it holds at_least bytes (0:
- * whatever it holds). */
+ * whose ids ascend too. Rows appended with body_writer_row go to w->out. After
+ * body_writer_open, body_writer_flush writes w->out to the file once it holds
+ * at_least bytes, and body_writer_close writes the rest. */
 #define BODY_WRITER_CHUNK (1u << 20)
 struct body_writer {
 	uint32_t *ids;        /* the header's attribute ids, ascending */
@@ -46,7 +46,8 @@ struct body_writer {
 	size_t n_cols;
 	struct buf row;       /* the current row's cells joined by NULs */
 	struct buf out;
-	int64_t written;      /* bytes flushed so far */
+	int fd;               /* set by body_writer_open */
+	int64_t written;      /* bytes written so far */
 };
 
 /* Returns 0 or -ENOMEM (w must still be finished). */
@@ -56,8 +57,11 @@ int body_writer_init(struct body_writer *w, const uint32_t *ids, size_t n);
  * past its end, ids out of order, or a NUL in a value or the profile id, which
  * no source lets in), or -ENOMEM. */
 int body_writer_row(struct body_writer *w, const char *profile, size_t profile_len, const void *blob, size_t blob_len);
-/* Returns 0 or -EIO. */
-int body_writer_flush(struct body_writer *w, FILE *out, size_t at_least);
+/* Sends what follows to fd, at its offset. */
+void body_writer_open(struct body_writer *w, int fd);
+/* Writes w->out to the file if it holds at least at_least bytes (0: whatever
+ * it holds). Returns 0 or the write's error (-ENOSPC, -EIO, ...). */
+int body_writer_flush(struct body_writer *w, size_t at_least);
 void body_writer_finish(struct body_writer *w);
 
 /* Target accepted batch id: its values become the mirror (accepted) and leave

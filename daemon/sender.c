@@ -11,6 +11,7 @@
 
 #include <curl/curl.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -745,15 +746,18 @@ static int write_dry_run(struct sender *s, int64_t id)
 {
 	char path[4096];
 	snprintf(path, sizeof(path), "%s/batch-%06llu.csv", s->d->dry_run_dir, (unsigned long long)++s->dry_run_seq);
-	FILE *f = fopen(path, "w");
-	if (!f) {
-		log_err("msg=\"cannot write dry-run batch\" path=\"%s\" error=\"%s\"", path, strerror(errno));
-		return -errno;
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0) {
+		int e = errno;
+		log_err("msg=\"cannot write dry-run batch\" path=\"%s\" error=\"%s\"", path, strerror(e));
+		return -e;
 	}
-	int64_t n = batch_write_body(s->d->st, s->d->cfg, id, f);
-	if (fclose(f) != 0 || n < 0) {
-		log_err("msg=\"cannot write dry-run batch\" path=\"%s\"", path);
-		return -EIO;
+	int64_t n = batch_write_body(s->d->st, s->d->cfg, id, fd);
+	if (close(fd) != 0 && n >= 0)
+		n = -errno;
+	if (n < 0) {
+		log_err("msg=\"cannot write dry-run batch\" path=\"%s\" error=\"%s\"", path, strerror((int)-n));
+		return (int)n;
 	}
 	/* Mark it delivered in the (scratch) state so the next batch can follow. */
 	struct target_answer a = { 0 };
@@ -782,7 +786,7 @@ static int start_submit(struct sender *s, int64_t id)
 	int r = -ENOMEM;
 	if (!t->url || !t->body)
 		goto fail;
-	int64_t size = batch_write_body(st, s->d->cfg, id, t->body);
+	int64_t size = batch_write_body(st, s->d->cfg, id, fileno(t->body));
 	if (size < 0) {
 		r = (int)size;
 		goto fail;

@@ -2,6 +2,9 @@
 /* Batches: the body format, full_profile vs changed_only rows, the row and byte
  * limits, acceptance into the mirror, dead letters, 413 splits and stuck re-queues. */
 #include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <unistd.h>
 
 #include "batch.h"
 #include "check.h"
@@ -23,15 +26,18 @@ static void stage(const char *id, const char *const *pairs)
 	store_commit(st);
 }
 
-/* The body of batch id as a string (caller frees). */
+/* The body of batch id as a string (caller frees), written to a file as the
+ * sender writes it. */
 static char *body(int64_t id)
 {
-	char *text = NULL;
-	size_t len = 0;
-	FILE *f = open_memstream(&text, &len);
-	int64_t n = batch_write_body(st, &cfg, id, f);
+	FILE *f = tmpfile();
+	CHECK(f != NULL);
+	int64_t n = batch_write_body(st, &cfg, id, fileno(f));
+	CHECK(n >= 0);
+	char *text = calloc(1, n > 0 ? (size_t)n + 1 : 1);
+	rewind(f);
+	CHECK(text && fread(text, 1, (size_t)n, f) == (size_t)n && fgetc(f) == EOF);
 	fclose(f);
-	CHECK(n == (int64_t)len);
 	return text;
 }
 
@@ -114,6 +120,46 @@ static void accept(int64_t id)
 	store_begin(st);
 	CHECK(batch_accept(st, id) == 0);
 	store_commit(st);
+}
+
+/* A body of several writer chunks, each handed to the file writer's thread
+ * while the next is encoded: every row arrives once, in order. Then the
+ * write errors a sender can meet: a full disk and a bad descriptor. */
+static void test_large_body(void)
+{
+	char id[32], val[128];
+	enum { N = 20000 }; /* 2.4 MB: two chunks and a rest */
+	store_begin(st);
+	for (int i = 0; i < N; i++) {
+		snprintf(id, sizeof(id), "big%05d", i);
+		snprintf(val, sizeof(val), "bulk=v%05d %0100d", i, i);
+		set_of(st, &in, (const char *[]){ val, NULL });
+		CHECK(stage_profile(&sg, id, strlen(id), &in, "test", NULL) >= 0);
+	}
+	store_commit(st);
+	int64_t b = batch_build(st, &cfg, N);
+	CHECK(b > 0 && q("SELECT rows FROM batches ORDER BY id DESC LIMIT 1") == N);
+	struct buf want;
+	buf_init(&want);
+	CHECK(buf_append(&want, "batch=thirdPartyId,bulk\n", 24) == 0);
+	for (int i = 0; i < N; i++) {
+		char line[200];
+		int n = snprintf(line, sizeof(line), "big%05d,v%05d%%20%0100d\n", i, i, i);
+		CHECK(buf_append(&want, line, (size_t)n) == 0);
+	}
+	CHECK(want.len > 2 * BODY_WRITER_CHUNK);
+	char *text = body(b);
+	CHECK(text && strlen(text) == want.len && memcmp(text, want.data, want.len) == 0);
+	free(text);
+
+	int full = open("/dev/full", O_WRONLY);
+	CHECK(full >= 0 && batch_write_body(st, &cfg, b, full) == -ENOSPC);
+	close(full);
+	int closed = open("/dev/null", O_WRONLY);
+	close(closed);
+	CHECK(batch_write_body(st, &cfg, b, closed) == -EBADF);
+	buf_finish(&want);
+	accept(b);
 }
 
 int main(void)
@@ -249,10 +295,11 @@ int main(void)
 	snprintf(sql, sizeof(sql), "UPDATE batches SET header = x'0180' WHERE id = %lld", (long long)hb);
 	CHECK(store_exec(st, sql) == 0);
 	CHECK(batch_header_ids(st, hb, &hids, &hn) == -EINVAL && hids == NULL);
-	FILE *sink = fopen("/dev/null", "w");
-	CHECK(sink && batch_write_body(st, &cfg, hb, sink) == -EINVAL);
-	fclose(sink);
+	int sink = open("/dev/null", O_WRONLY);
+	CHECK(sink >= 0 && batch_write_body(st, &cfg, hb, sink) == -EINVAL);
+	close(sink);
 
+	test_large_body();
 	test_body_writer();
 
 	attrset_finish(&in);
