@@ -8,7 +8,7 @@
 #include <string.h>
 #include <stdlib.h>
 #if defined(__x86_64__) || defined(__i386__)
-#include <tmmintrin.h>
+#include <smmintrin.h>
 #endif
 
 static bool is_plain(unsigned char c)
@@ -70,14 +70,15 @@ static size_t encode_scalar(const char *src, size_t len, char *dst)
 }
 
 #if defined(__x86_64__) || defined(__i386__)
-/* SSSE3, 16 bytes at a time. Each byte has a first output byte (itself, or
- * "%") and two hex digits; which bytes need encoding is a 16-bit mask. Each
- * 8-byte half with at most 4 such bytes (text nearly always) is written with
- * one 16-byte store: two pshufb pick its output from the (first, high digit)
- * pairs and from the low digits, by 256-entry patterns indexed by the half's
- * mask. A denser block is written as four 4-byte groups "c??" or "%HL", one
- * pshufb each keeping 1 or 3 bytes of each byte, by a 16-entry table. Every
- * store is 16 bytes, so dst needs PCTENC_SLACK bytes past the worst case. */
+/* SSE4.1 (SSSE3's pshufb, and pblendvb to choose between two bytes), 16
+ * bytes at a time. Each byte has a first output byte (itself, or "%") and two
+ * hex digits; which bytes need encoding is a 16-bit mask. Each 8-byte half
+ * with at most 4 such bytes (text nearly always) is written with one 16-byte
+ * store: two pshufb pick its output from the (first, high digit) pairs and
+ * from the low digits, by 256-entry patterns indexed by the half's mask. A
+ * denser block is written as four 4-byte groups "c??" or "%HL", one pshufb
+ * each keeping 1 or 3 bytes of each byte, by a 16-entry table. Every store is
+ * 16 bytes, so dst needs PCTENC_SLACK bytes past the worst case. */
 static unsigned char compact[16][16]; /* pshufb pattern per 4-bit "needs encoding" mask */
 static unsigned char compact_len[16];   /* 4 + 2 per byte that needs encoding */
 /* For 8 bytes with at most 4 to encode (mask m): pshufb patterns picking the
@@ -133,7 +134,7 @@ static void build_compact(void)
 /* Stores the output of 8 bytes, m of which need encoding (at most 4), from
  * their (first, high digit) pairs and low digits (in lo's first 8 bytes) at o;
  * returns the end. */
-__attribute__((target("ssse3"), always_inline)) static inline char *put_half(char *o, __m128i pairs, __m128i lo,
+__attribute__((target("sse4.1"), always_inline)) static inline char *put_half(char *o, __m128i pairs, __m128i lo,
 									    unsigned m)
 {
 	__m128i from_pairs = _mm_shuffle_epi8(pairs, _mm_loadu_si128((const __m128i *)(const void *)pick_pair[m]));
@@ -144,7 +145,7 @@ __attribute__((target("ssse3"), always_inline)) static inline char *put_half(cha
 
 /* Stores the 1 or 3 bytes kept of each of group g's four bytes (m: which
  * need encoding) at o; returns the end. */
-__attribute__((target("ssse3"), always_inline)) static inline char *put_group(char *o, __m128i g, unsigned m)
+__attribute__((target("sse4.1"), always_inline)) static inline char *put_group(char *o, __m128i g, unsigned m)
 {
 	__m128i kept = _mm_shuffle_epi8(g, _mm_loadu_si128((const __m128i *)(const void *)compact[m]));
 	_mm_storeu_si128((__m128i *)(void *)o, kept);
@@ -158,7 +159,7 @@ __attribute__((target("ssse3"), always_inline)) static inline char *put_group(ch
  * last in each half or group and are cut off at the end, and a half or group
  * wholly past r is stored past the end, inside the slack (at most 27 bytes
  * past the end of the output), where the next store overwrites it. */
-__attribute__((target("ssse3,popcnt"), always_inline)) static inline char *encode_block(__m128i c, unsigned r,
+__attribute__((target("sse4.1,popcnt"), always_inline)) static inline char *encode_block(__m128i c, unsigned r,
 											 char *out, bool joined,
 											 unsigned *seps)
 {
@@ -172,14 +173,14 @@ __attribute__((target("ssse3,popcnt"), always_inline)) static inline char *encod
 	if (joined) {
 		__m128i sep = _mm_cmpeq_epi8(c, _mm_setzero_si128());
 		special_v = _mm_andnot_si128(sep, special_v);
-		c = _mm_or_si128(c, _mm_and_si128(sep, _mm_set1_epi8(',')));
+		c = _mm_blendv_epi8(c, _mm_set1_epi8(','), sep);
 		*seps += (unsigned)__builtin_popcount((unsigned)_mm_movemask_epi8(sep) & keep);
 	}
 	unsigned special = (unsigned)_mm_movemask_epi8(special_v) & keep;
 	const __m128i hex = _mm_setr_epi8('0', '1', '2', '3', '4', '5', '6', '7', '8', '9', 'A', 'B', 'C', 'D', 'E', 'F');
 	__m128i hi = _mm_shuffle_epi8(hex, high);
 	__m128i lo = _mm_shuffle_epi8(hex, low);
-	__m128i first = _mm_or_si128(_mm_andnot_si128(special_v, c), _mm_and_si128(special_v, _mm_set1_epi8('%')));
+	__m128i first = _mm_blendv_epi8(c, _mm_set1_epi8('%'), special_v);
 	__m128i pairs0 = _mm_unpacklo_epi8(first, hi), pairs1 = _mm_unpackhi_epi8(first, hi);
 	unsigned h0 = special & 0xff, h1 = special >> 8;
 	char *o = out;
@@ -202,7 +203,7 @@ __attribute__((target("ssse3,popcnt"), always_inline)) static inline char *encod
 
 /* One cell of len bytes, readable only up to its end: the last partial block
  * goes through a copy. (Header names; rows use the joined form.) */
-__attribute__((target("ssse3,popcnt"))) static size_t encode_ssse3(const char *src, size_t len, char *dst)
+__attribute__((target("sse4.1,popcnt"))) static size_t encode_simd(const char *src, size_t len, char *dst)
 {
 	char *out = dst;
 	size_t i = 0;
@@ -218,7 +219,7 @@ __attribute__((target("ssse3,popcnt"))) static size_t encode_ssse3(const char *s
 }
 
 /* A whole row, readable 16 bytes past its end, in one loop. */
-__attribute__((target("ssse3,popcnt"))) static size_t encode_joined_ssse3(const char *src, size_t len, char *dst,
+__attribute__((target("sse4.1,popcnt"))) static size_t encode_joined_simd(const char *src, size_t len, char *dst,
 									   size_t *separators)
 {
 	char *out = dst;
@@ -232,7 +233,7 @@ __attribute__((target("ssse3,popcnt"))) static size_t encode_joined_ssse3(const 
 }
 #endif
 
-static bool use_ssse3;
+static bool use_simd;
 
 static void setup(void)
 {
@@ -240,7 +241,7 @@ static void setup(void)
 #if defined(__x86_64__) || defined(__i386__)
 	build_compact();
 	const char *force = getenv("TPSYNC_PCTENC"); /* "scalar": for the tests */
-	use_ssse3 = __builtin_cpu_supports("ssse3") && __builtin_cpu_supports("popcnt") &&
+	use_simd = __builtin_cpu_supports("sse4.1") && __builtin_cpu_supports("popcnt") &&
 		    !(force && strcmp(force, "scalar") == 0);
 #endif
 	ready = true;
@@ -250,8 +251,8 @@ size_t pctenc_encode_joined(const char *src, size_t len, char *dst, size_t *sepa
 {
 	ensure_setup();
 #if defined(__x86_64__) || defined(__i386__)
-	if (use_ssse3)
-		return encode_joined_ssse3(src, len, dst, separators);
+	if (use_simd)
+		return encode_joined_simd(src, len, dst, separators);
 #endif
 	char *out = dst;
 	size_t seps = 0;
@@ -272,15 +273,15 @@ size_t pctenc_encode_joined(const char *src, size_t len, char *dst, size_t *sepa
 const char *pctenc_impl(void)
 {
 	ensure_setup();
-	return use_ssse3 ? "ssse3" : "scalar";
+	return use_simd ? "sse4.1" : "scalar";
 }
 
 size_t pctenc_encode(const char *src, size_t len, char *dst)
 {
 	ensure_setup();
 #if defined(__x86_64__) || defined(__i386__)
-	if (use_ssse3)
-		return encode_ssse3(src, len, dst);
+	if (use_simd)
+		return encode_simd(src, len, dst);
 #endif
 	return encode_scalar(src, len, dst);
 }

@@ -28,7 +28,7 @@ size_t pctenc_encode(const char *src, size_t len, char *dst);
  * value turned into an extra column. */
 size_t pctenc_encode_joined(const char *src, size_t len, char *dst, size_t *separators);
 
-/* The encoder in use: "ssse3" or "scalar" (TPSYNC_PCTENC=scalar forces it). */
+/* The encoder in use: "sse4.1" or "scalar" (TPSYNC_PCTENC=scalar forces it). */
 const char *pctenc_impl(void);
 
 /* Decodes form-urlencoded text ("%XX" and "+" as space) of len bytes into dst (at

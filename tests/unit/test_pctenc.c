@@ -23,11 +23,11 @@ int main(void)
 	CHECK(pctenc_encoded_len("a b", 3) == 5);
 	const char *force = getenv("TPSYNC_PCTENC");
 #if defined(__x86_64__) || defined(__i386__)
-	bool fast = __builtin_cpu_supports("ssse3") && __builtin_cpu_supports("popcnt");
+	bool fast = __builtin_cpu_supports("sse4.1") && __builtin_cpu_supports("popcnt");
 #else
 	bool fast = false;
 #endif
-	CHECK_STR(pctenc_impl(), fast && !(force && strcmp(force, "scalar") == 0) ? "ssse3" : "scalar");
+	CHECK_STR(pctenc_impl(), fast && !(force && strcmp(force, "scalar") == 0) ? "sse4.1" : "scalar");
 
 	static const char *const cases[][2] = {
 		{ "50% off & more", "50%25%20off%20%26%20more" },
