@@ -156,7 +156,7 @@ int main(int argc, char **argv)
 		double t = now();
 		int r = body_writer_init(&w, ids, n_ids);
 		if (r == 0)
-			body_writer_open(&w, out);
+			r = body_writer_open(&w, out, bytes); /* as batch_write_body does */
 		for (size_t i = 0; i < rows.n && r == 0; i++) {
 			const size_t *at = rows.at[i];
 			r = body_writer_row(&w, rows.mem.data + at[0], at[1], rows.mem.data + at[2], at[3]);

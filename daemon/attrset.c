@@ -53,26 +53,86 @@ int attrset_put_varint(struct buf *out, uint32_t v)
 
 int attrset_decode(struct attrset *s, const void *blob, size_t len)
 {
-	const unsigned char *p = blob, *end = p + len;
+	struct attrset_iter it;
 	struct attr_kv kv;
-	int r;
+	int r = attrset_iter_init(&it, blob, len);
 	s->n = 0;
-	while ((r = attrset_blob_next(&p, end, &kv)) > 0) {
+	while (r == 0 && (r = attrset_iter_next(&it, &kv)) > 0) {
 		if (s->n && s->kv[s->n - 1].id >= kv.id)
 			return -EINVAL;
-		if (reserve(s, s->n + 1) < 0)
+		if (s->n == s->cap && reserve(s, s->n + 1) < 0)
 			return -ENOMEM;
 		s->kv[s->n++] = kv;
+		r = 0;
 	}
 	return r;
 }
 
+int attrset_decode_v1(struct attrset *s, const void *blob, size_t len)
+{
+	const unsigned char *p = blob, *end = p ? p + len : p;
+	s->n = 0;
+	while (p < end) {
+		struct attr_kv kv;
+		uint32_t vlen;
+		if (!(p = attrset_get_varint(p, end, &kv.id)) || !(p = attrset_get_varint(p, end, &vlen)) ||
+		    vlen > (size_t)(end - p))
+			return -EINVAL;
+		if (s->n && s->kv[s->n - 1].id >= kv.id)
+			return -EINVAL;
+		if (reserve(s, s->n + 1) < 0)
+			return -ENOMEM;
+		kv.len = vlen;
+		kv.val = (const char *)p;
+		s->kv[s->n++] = kv;
+		p += vlen;
+	}
+	return 0;
+}
+
+static size_t varint_size(uint32_t v)
+{
+	size_t n = 1;
+	while (v >= 0x80) {
+		v >>= 7;
+		n++;
+	}
+	return n;
+}
+
+int attrset_encode_ids(const uint32_t *ids, size_t n, struct buf *out)
+{
+	size_t k = 0;
+	for (size_t i = 0; i < n; i++)
+		k += varint_size(ids[i]);
+	if (attrset_put_varint(out, (uint32_t)k) < 0)
+		return -ENOMEM;
+	for (size_t i = 0; i < n; i++)
+		if (attrset_put_varint(out, ids[i]) < 0)
+			return -ENOMEM;
+	return 0;
+}
+
 int attrset_encode(const struct attrset *s, struct buf *out)
 {
+	if (s->n == 0)
+		return 0;
+	size_t k = 0, values = 0;
 	for (size_t i = 0; i < s->n; i++) {
-		if (attrset_put_varint(out, s->kv[i].id) < 0 || attrset_put_varint(out, s->kv[i].len) < 0 ||
-		    buf_append(out, s->kv[i].val, s->kv[i].len) < 0)
-			return -ENOMEM;
+		if (s->kv[i].len && memchr(s->kv[i].val, 0, s->kv[i].len))
+			return -EILSEQ;
+		k += varint_size(s->kv[i].id);
+		values += s->kv[i].len + 1;
+	}
+	if (buf_reserve(out, 5 + k + values) < 0)
+		return -ENOMEM;
+	/* Room is reserved: the appends below cannot fail. */
+	(void)attrset_put_varint(out, (uint32_t)k);
+	for (size_t i = 0; i < s->n; i++)
+		(void)attrset_put_varint(out, s->kv[i].id);
+	for (size_t i = 0; i < s->n; i++) {
+		(void)buf_append(out, s->kv[i].val, s->kv[i].len);
+		(void)buf_putc(out, '\0');
 	}
 	return 0;
 }

@@ -1,6 +1,14 @@
 /* SPDX-License-Identifier: MIT */
 /* A profile's attributes as a sorted set of (attribute id, value), and its compact
- * blob form in the state database: repeated varint id, varint length, bytes. */
+ * blob form in the state database (format 2, schema version 3 on):
+ *   varint k, the byte length of the id list;
+ *   the id list: the ids as varints, ascending;
+ *   the values in the same order, each followed by a NUL byte.
+ * An empty set is an empty blob. No value holds a NUL (every source refuses
+ * them), so the values are one NUL-joined run: a batch row whose attributes
+ * are its header's is the profile id, a NUL and that run, encoded in one pass
+ * (batch.c). Format 1 (varint id, varint length, bytes, repeated) is read only
+ * to migrate older state databases. */
 #ifndef TPSYNC_ATTRSET_H
 #define TPSYNC_ATTRSET_H
 
@@ -29,8 +37,11 @@ void attrset_finish(struct attrset *s);
 static inline void attrset_clear(struct attrset *s) { s->n = 0; }
 
 /* Replaces the set's contents with the blob's; values point into blob, which must
- * outlive the set's use. Returns 0, -EINVAL for a corrupt blob, or -ENOMEM. */
+ * outlive the set's use. Returns 0, -EINVAL for a corrupt blob (ids out of
+ * order included), or -ENOMEM. */
 int attrset_decode(struct attrset *s, const void *blob, size_t len);
+/* The same for a format 1 blob (the schema migration to version 3). */
+int attrset_decode_v1(struct attrset *s, const void *blob, size_t len);
 /* Reads the varint at p (before end) into *out. Returns the byte after it, or
  * NULL when it runs past end or over 5 bytes. */
 static inline const unsigned char *attrset_get_varint(const unsigned char *p, const unsigned char *end, uint32_t *out)
@@ -50,38 +61,71 @@ static inline const unsigned char *attrset_get_varint(const unsigned char *p, co
 /* Appends v as a varint. Returns 0 or -ENOMEM. */
 int attrset_put_varint(struct buf *out, uint32_t v);
 
-/* Steps through a blob without decoding it into a set: the entry at *pos goes to
- * *kv (its value points into the blob) and *pos moves past it. Returns 1, 0 at
- * the end, or -EINVAL for a corrupt entry. Inline: the batch encoder calls it
- * for every value of every row. */
-static inline int attrset_blob_next(const unsigned char **pos, const unsigned char *end, struct attr_kv *kv)
+/* Reads a blob without decoding it into a set: attrset_iter_init, then
+ * attrset_iter_next for each entry. Inline: the batch encoder reads every
+ * value of every row this way when a row is not its header's. */
+struct attrset_iter {
+	const unsigned char *id;      /* next id varint */
+	const unsigned char *ids_end; /* end of the id list, start of the values */
+	const unsigned char *val;     /* next value */
+	const unsigned char *end;
+};
+
+/* Starts reading the blob. Returns 0, or -EINVAL when its id list runs past
+ * its end. */
+static inline int attrset_iter_init(struct attrset_iter *it, const void *blob, size_t len)
 {
-	const unsigned char *p = *pos;
-	if (p >= end)
+	if (len == 0) { /* the empty set (blob may be NULL) */
+		it->id = it->ids_end = it->val = it->end = NULL;
 		return 0;
-	uint32_t id, vlen;
-	if (end - p >= 2 && !((p[0] | p[1]) & 0x80)) { /* the usual: id < 128, value < 128 bytes */
-		id = p[0];
-		vlen = p[1];
-		p += 2;
-	} else {
-		p = attrset_get_varint(p, end, &id);
-		if (!p)
-			return -EINVAL;
-		p = attrset_get_varint(p, end, &vlen);
-		if (!p)
-			return -EINVAL;
 	}
-	if (vlen > (size_t)(end - p))
+	const unsigned char *p = blob, *end = p + len;
+	uint32_t k;
+	if (!(p = attrset_get_varint(p, end, &k)) || k > (size_t)(end - p))
 		return -EINVAL;
-	kv->id = id;
-	kv->len = vlen;
-	kv->val = (const char *)p;
-	*pos = p + vlen;
+	it->id = p;
+	it->ids_end = p + k;
+	it->val = p + k;
+	it->end = end;
+	return 0;
+}
+
+/* The end of the NUL-terminated value at p (the NUL's address), or NULL when
+ * no NUL comes before end. */
+static inline const unsigned char *attrset_value_end(const unsigned char *p, const unsigned char *end)
+{
+	return (const unsigned char *)memchr(p, 0, (size_t)(end - p));
+}
+
+/* The next entry goes to *kv (its value points into the blob). Returns 1, 0
+ * after the last one, or -EINVAL for a corrupt blob (an id or value cut off,
+ * or bytes left after the last value). Ids are not checked for order here. */
+static inline int attrset_iter_next(struct attrset_iter *it, struct attr_kv *kv)
+{
+	const unsigned char *p = it->id;
+	if (p == it->ids_end)
+		return it->val == it->end ? 0 : -EINVAL;
+	if (!(p[0] & 0x80)) { /* the usual: id < 128 */
+		kv->id = p[0];
+		it->id = p + 1;
+	} else if (!(it->id = attrset_get_varint(p, it->ids_end, &kv->id))) {
+		return -EINVAL;
+	}
+	const unsigned char *nul = attrset_value_end(it->val, it->end);
+	if (!nul)
+		return -EINVAL;
+	kv->val = (const char *)it->val;
+	kv->len = (uint32_t)(nul - it->val);
+	it->val = nul + 1;
 	return 1;
 }
-/* Appends the blob form to out. Returns 0 or -ENOMEM. */
+
+/* Appends the blob form to out. Returns 0, -EILSEQ when a value holds a NUL
+ * (out is then unchanged), or -ENOMEM. */
 int attrset_encode(const struct attrset *s, struct buf *out);
+/* The blob form of a set of ids alone, without their values: what every blob
+ * with exactly these ids (ascending, unique) starts with. Returns 0 or -ENOMEM. */
+int attrset_encode_ids(const uint32_t *ids, size_t n, struct buf *out);
 
 /* Inserts or replaces id's value (a view, not copied). Returns 0 or -ENOMEM. */
 int attrset_put(struct attrset *s, uint32_t id, const char *val, uint32_t len);

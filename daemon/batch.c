@@ -6,6 +6,7 @@
 #include "batch.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -321,13 +322,14 @@ int body_writer_init(struct body_writer *w, const uint32_t *ids, size_t n)
 	w->ids = malloc((n ? n : 1) * sizeof(*w->ids));
 	w->col_of = calloc(w->n_ids, sizeof(*w->col_of));
 	buf_init(&w->row);
+	buf_init(&w->prefix);
 	if (!w->ids || !w->col_of)
 		return -ENOMEM;
 	memcpy(w->ids, ids, n * sizeof(*ids));
 	qsort(w->ids, n, sizeof(*w->ids), cmp_id);
 	for (size_t i = 0; i < n; i++)
 		w->col_of[w->ids[i]] = (uint32_t)i + 1;
-	return 0;
+	return attrset_encode_ids(w->ids, n, &w->prefix);
 }
 
 /* Writes k NUL separators at o (16-byte stores: o needs 15 bytes of slack). */
@@ -360,6 +362,41 @@ static inline void copy_exact(char *dst, const char *src, size_t len)
 	}
 }
 
+/* Writes the cells of a blob that does not hold exactly the header's
+ * attributes at o, each after as many separators as columns it moves on.
+ * Returns the end, or NULL for a corrupt blob. */
+static char *put_cells(const struct body_writer *w, char *o, const void *blob, size_t blob_len)
+{
+	/* In locals: the stores through o could alias *w, so the compiler would
+	 * reload these for every value. */
+	const uint32_t *col_of = w->col_of, n_ids = w->n_ids;
+	struct attrset_iter it;
+	struct attr_kv kv;
+	uint32_t col = 0; /* columns written so far */
+	int r;
+	if (attrset_iter_init(&it, blob, blob_len) < 0)
+		return NULL;
+	while ((r = attrset_iter_next(&it, &kv)) > 0) {
+		uint32_t c = kv.id < n_ids ? col_of[kv.id] : 0;
+		if (!c)
+			continue;
+		if (c <= col)
+			return NULL;
+		o = put_separators(o, c - col);
+		if (kv.len <= 16 && (const unsigned char *)kv.val + 16 <= it.end)
+			memcpy(o, kv.val, 16); /* in place, past the value but inside the blob */
+		else
+			copy_exact(o, kv.val, kv.len);
+		o += kv.len;
+		col = c;
+	}
+	if (r < 0)
+		return NULL;
+	if (col < w->n_cols)
+		o = put_separators(o, (uint32_t)w->n_cols - col);
+	return o;
+}
+
 int body_writer_row(struct body_writer *w, const char *profile, size_t profile_len, const void *blob, size_t blob_len)
 {
 	/* The row's cells, joined by NULs (none is in a value), then encoded in
@@ -370,46 +407,42 @@ int body_writer_row(struct body_writer *w, const char *profile, size_t profile_l
 	char *o = w->row.data;
 	copy_exact(o, profile, profile_len);
 	o += profile_len;
-	const unsigned char *p = blob, *end = p + blob_len;
-	/* In locals: the stores through o could alias *w, so the compiler would
-	 * reload these for every value. */
-	const uint32_t *col_of = w->col_of, n_ids = w->n_ids;
-	struct attr_kv kv;
-	uint32_t col = 0; /* columns written so far */
-	int r;
-	while ((r = attrset_blob_next(&p, end, &kv)) > 0) {
-		uint32_t c = kv.id < n_ids ? col_of[kv.id] : 0;
-		if (!c)
-			continue;
-		if (c <= col)
-			return -EINVAL;
-		o = put_separators(o, c - col);
-		if (kv.len <= 16 && (const unsigned char *)kv.val + 16 <= end)
-			memcpy(o, kv.val, 16); /* in place, past the value but inside the blob */
-		else
-			copy_exact(o, kv.val, kv.len);
-		o += kv.len;
-		col = c;
+	const unsigned char *b = blob;
+	size_t k = w->prefix.len;
+	if (blob_len > k && b[blob_len - 1] == '\0' && memcmp(b, w->prefix.data, k) == 0) {
+		/* The header's attributes, no more, no fewer (full_profile rows,
+		 * nearly always): the blob's values are the row's cells, already
+		 * joined by NULs. The last NUL ends the row instead. */
+		*o++ = '\0';
+		copy_exact(o, (const char *)b + k, blob_len - k - 1);
+		o += blob_len - k - 1;
+	} else if (!(o = put_cells(w, o, blob, blob_len))) {
+		return -EINVAL;
 	}
-	if (r < 0)
-		return r;
-	if (col < w->n_cols)
-		o = put_separators(o, (uint32_t)w->n_cols - col);
 	size_t len = (size_t)(o - w->row.data), seps;
 	if (buf_reserve(&w->out, 3 * len + 1 + PCTENC_SLACK) < 0)
 		return -ENOMEM;
 	char *e = w->out.data + w->out.len;
 	e += pctenc_encode_joined(w->row.data, len, e, &seps);
 	if (seps != w->n_cols)
-		return -EINVAL; /* a NUL inside a value: the blob is corrupt */
+		return -EINVAL; /* a NUL inside a value, or a value missing: the blob is corrupt */
 	*e++ = '\n';
 	w->out.len = (size_t)(e - w->out.data);
 	return 0;
 }
 
-void body_writer_open(struct body_writer *w, int fd)
+int body_writer_open(struct body_writer *w, int fd, int64_t size)
 {
 	w->fd = fd;
+	if (size <= 0)
+		return 0;
+	off_t at = lseek(fd, 0, SEEK_CUR);
+	if (at < 0)
+		return errno == ESPIPE ? 0 : -errno; /* a pipe: nothing to reserve */
+	if (fallocate(fd, FALLOC_FL_KEEP_SIZE, at, (off_t)size) == 0)
+		return 0;
+	/* File systems without fallocate are written to as they are. */
+	return errno == EOPNOTSUPP || errno == ENOSYS || errno == EINVAL || errno == ENODEV ? 0 : -errno;
 }
 
 int body_writer_flush(struct body_writer *w, size_t at_least)
@@ -436,6 +469,7 @@ void body_writer_finish(struct body_writer *w)
 {
 	free(w->ids);
 	free(w->col_of);
+	buf_finish(&w->prefix);
 	buf_finish(&w->row);
 	buf_finish(&w->out);
 }
@@ -462,11 +496,18 @@ int64_t batch_write_body(struct store *st, const struct config *cfg, int64_t id,
 	}
 	if (r == 0)
 		r = buf_putc(&w.out, '\n');
+	sqlite3_stmt *size = store_stmt(st, "SELECT bytes FROM batches WHERE id = ?");
 	sqlite3_stmt *s = store_stmt(st, "SELECT profile, attrs FROM batch_rows WHERE batch_id = ? ORDER BY profile");
-	if (r == 0 && !s)
+	if (r == 0 && (!size || !s))
 		r = -EIO;
 	if (r == 0) {
-		body_writer_open(&w, fd);
+		/* bytes: the exact size since batch_build, 0 when not known (split halves). */
+		sqlite3_bind_int64(size, 1, id);
+		int64_t expect = sqlite3_step(size) == SQLITE_ROW ? sqlite3_column_int64(size, 0) : 0;
+		sqlite3_reset(size);
+		r = body_writer_open(&w, fd, expect);
+	}
+	if (r == 0) {
 		sqlite3_bind_int64(s, 1, id);
 		int rc;
 		while ((rc = sqlite3_step(s)) == SQLITE_ROW) {

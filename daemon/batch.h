@@ -35,13 +35,15 @@ int batch_header_ids(struct store *st, int64_t id, uint32_t **ids, size_t *n);
 /* The encoder behind batch_write_body, for rows from anywhere: the columns
  * are the header's attribute ids in ascending order (w->ids; whatever order
  * they are given in), so that a row is written in one pass over its blob,
- * whose ids ascend too. Rows appended with body_writer_row go to w->out. After
+ * whose ids ascend too; a blob with exactly the header's ids is copied whole
+ * (see attrset.h). Rows appended with body_writer_row go to w->out. After
  * body_writer_open, body_writer_flush writes w->out to the file once it holds
- * at_least bytes, and body_writer_close writes the rest. */
+ * at_least bytes; body_writer_flush(w, 0) writes the rest. */
 #define BODY_WRITER_CHUNK (1u << 20)
 struct body_writer {
 	uint32_t *ids;        /* the header's attribute ids, ascending */
 	uint32_t *col_of;     /* 1-based column of each attribute id; 0: not in the header */
+	struct buf prefix;    /* how a blob with exactly the header's ids begins */
 	uint32_t n_ids;
 	size_t n_cols;
 	struct buf row;       /* the current row's cells joined by NULs */
@@ -57,8 +59,11 @@ int body_writer_init(struct body_writer *w, const uint32_t *ids, size_t n);
  * past its end, ids out of order, or a NUL in a value or the profile id, which
  * no source lets in), or -ENOMEM. */
 int body_writer_row(struct body_writer *w, const char *profile, size_t profile_len, const void *blob, size_t blob_len);
-/* Sends what follows to fd, at its offset. */
-void body_writer_open(struct body_writer *w, int fd);
+/* Sends what follows to fd, at its offset. With size > 0 (the body's size,
+ * when known) that much disk space is reserved first, which makes the writes
+ * faster and finds a full disk before any encoding. Returns 0, or -ENOSPC
+ * (or another errno) when the space cannot be reserved. */
+int body_writer_open(struct body_writer *w, int fd, int64_t size);
 /* Writes w->out to the file if it holds at least at_least bytes (0: whatever
  * it holds). Returns 0 or the write's error (-ENOSPC, -EIO, ...). */
 int body_writer_flush(struct body_writer *w, size_t at_least);

@@ -675,6 +675,8 @@ static int phase_stage(struct ingest *ig, struct job *j, char *reason, size_t si
 				j->known++;
 			if (r == -E2BIG)
 				why = "profile data would exceed Target's 64 KB per profile";
+			else if (r == -EILSEQ)
+				why = "NUL byte in a value";
 			else if (r < 0)
 				goto db_error;
 			else if (r > 0) {

@@ -30,8 +30,9 @@ void stage_finish(struct stage *sg);
  * a value that returns to that while still pending cancels the pending change.
  * *was_known (if not NULL) tells whether source staged this profile before.
  * Returns 1 when the profile's pending set changed, 0 when nothing differed,
- * -E2BIG when the profile would exceed PROFILE_MAX_BYTES (nothing staged), -EIO on
- * a database error, -ENOMEM. */
+ * -E2BIG when the profile would exceed PROFILE_MAX_BYTES (nothing staged),
+ * -EILSEQ when a value holds a NUL byte (nothing staged; sources refuse them
+ * before), -EINVAL for a corrupt stored blob, -EIO on a database error, -ENOMEM. */
 int stage_profile(struct stage *sg, const char *profile, size_t profile_len,
 		  const struct attrset *incoming, const char *source, bool *was_known);
 

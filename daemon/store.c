@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "attrset.h"
 #include "log.h"
 
 extern const char *const schema_migrations[];
@@ -149,6 +150,35 @@ const char *store_attr_name(const struct store *st, uint32_t id)
 	return id < st->n_attr_names ? st->attr_names[id] : NULL;
 }
 
+/* SQL function tpsync_attrs_v2(blob) for migration 3: an attribute blob in
+ * format 1 rewritten in format 2 (attrset.h); NULL stays NULL. A blob that
+ * does not decode fails the statement, and so the migration, which rolls
+ * back: the database stays as it was rather than lose values. */
+static void attrs_v2(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+{
+	if (sqlite3_value_type(argv[0]) == SQLITE_NULL) {
+		sqlite3_result_null(ctx);
+		return;
+	}
+	const void *blob = sqlite3_value_blob(argv[0]);
+	size_t len = (size_t)sqlite3_value_bytes(argv[0]);
+	struct attrset set;
+	struct buf out;
+	attrset_init(&set);
+	buf_init(&out);
+	int r = attrset_decode_v1(&set, blob, len);
+	if (r == 0)
+		r = attrset_encode(&set, &out);
+	if (r == -ENOMEM)
+		sqlite3_result_error_nomem(ctx);
+	else if (r < 0)
+		sqlite3_result_error(ctx, "tpsync_attrs_v2: a corrupt attribute blob", -1);
+	else
+		sqlite3_result_blob(ctx, out.len ? out.data : "", (int)out.len, SQLITE_TRANSIENT);
+	attrset_finish(&set);
+	buf_finish(&out);
+}
+
 static int migrate(struct store *st, char *err, size_t err_size)
 {
 	int64_t version = store_query_int(st, "PRAGMA user_version", 0);
@@ -230,6 +260,11 @@ struct store *store_create(const char *path, char *err, size_t err_size)
 		goto fail;
 	}
 	free(mode);
+	if (sqlite3_create_function_v2(st->db, "tpsync_attrs_v2", 1, SQLITE_UTF8 | SQLITE_DETERMINISTIC, NULL,
+				       attrs_v2, NULL, NULL, NULL) != SQLITE_OK) {
+		snprintf(err, err_size, "cannot set up %s: %s", path, sqlite3_errmsg(st->db));
+		goto fail;
+	}
 	if (migrate(st, err, err_size) < 0)
 		goto fail;
 	if (load_attr_names(st) < 0) {

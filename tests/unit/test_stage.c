@@ -25,6 +25,14 @@ static int stage(const char *id, const char *const *pairs)
 	return r;
 }
 
+/* 1 when profile id has a row in profiles, 0 when not. */
+static int profile_rows(const char *id)
+{
+	char sql[128];
+	snprintf(sql, sizeof(sql), "SELECT count(*) FROM profiles WHERE id = '%s'", id);
+	return (int)store_query_int(st, sql, -1);
+}
+
 static const char *pending(const char *id, const char *name)
 {
 	return column_value(st, id, "pending", name, v, sizeof(v));
@@ -124,6 +132,15 @@ int main(void)
 	snprintf(pair3, sizeof(pair3), "bio3=%s", big);
 	CHECK(stage("p3", (const char *[]){ pair3, NULL }) == -E2BIG);
 	CHECK_STR(pending("p3", "bio3"), "");
+
+	/* A NUL byte in a value would break the blob's NUL-joined values (every
+	 * source refuses them first): refused, nothing staged. */
+	attrset_clear(&in);
+	attrset_put(&in, attr(st, "note"), "a\0b", 3);
+	store_begin(st);
+	CHECK(stage_profile(&sg, "p4", 2, &in, "test", NULL) == -EILSEQ);
+	store_commit(st);
+	CHECK(profile_rows("p4") == 0);
 
 	exec("SELECT 1");
 	buf_finish(&blob);

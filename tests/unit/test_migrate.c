@@ -1,0 +1,128 @@
+/* SPDX-License-Identifier: MIT */
+/* Schema migration 3: a version 2 state database, its attribute blobs in
+ * format 1, opens as version 3 with every blob in format 2 and every value
+ * kept; a blob that does not decode stops the migration and leaves the
+ * database as it was. */
+#include <errno.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "attrset.h"
+#include "check.h"
+#include "store.h"
+
+extern const char *const schema_migrations[];
+extern const size_t schema_migration_count;
+
+static char dir[] = "/tmp/tpsync-migrate-XXXXXX";
+
+/* A version 2 database at path holding the given SQL's rows. */
+static void make_v2(const char *path, const char *rows)
+{
+	sqlite3 *db;
+	CHECK(sqlite3_open(path, &db) == SQLITE_OK);
+	CHECK(sqlite3_exec(db, schema_migrations[0], NULL, NULL, NULL) == SQLITE_OK);
+	CHECK(sqlite3_exec(db, schema_migrations[1], NULL, NULL, NULL) == SQLITE_OK);
+	CHECK(sqlite3_exec(db, "PRAGMA user_version = 2", NULL, NULL, NULL) == SQLITE_OK);
+	CHECK(sqlite3_exec(db, rows, NULL, NULL, NULL) == SQLITE_OK);
+	CHECK(sqlite3_close(db) == SQLITE_OK);
+}
+
+/* Column col of the first row of sql, decoded into set (format 2). Returns
+ * attrset_decode's result, or -ENOENT for no row, 1 for NULL. */
+static int blob_of(struct store *st, const char *sql, struct attrset *set, struct buf *copy)
+{
+	sqlite3_stmt *s;
+	int r = -ENOENT;
+	CHECK(sqlite3_prepare_v2(st->db, sql, -1, &s, NULL) == SQLITE_OK);
+	if (sqlite3_step(s) == SQLITE_ROW) {
+		buf_reset(copy);
+		if (sqlite3_column_type(s, 0) == SQLITE_NULL) {
+			r = 1;
+		} else {
+			buf_append(copy, sqlite3_column_blob(s, 0), (size_t)sqlite3_column_bytes(s, 0));
+			r = attrset_decode(set, copy->data, copy->len);
+		}
+	}
+	sqlite3_finalize(s);
+	return r;
+}
+
+static void test_converted(void)
+{
+	char path[128], err[256];
+	snprintf(path, sizeof(path), "%s/ok.db", dir);
+	/* Format 1: varint id, varint length, bytes. 0xac 0x02 is id 300. */
+	make_v2(path, "INSERT INTO attr_names (id, name) VALUES (1, 'tier'), (2, 'city'), (300, 'note');"
+		      "INSERT INTO profiles (id, accepted, pending, pending_seq) VALUES"
+		      " ('p1', x'0104676f6c640207557472656368747400', x'00000206c3bc72696368', 1),"
+		      " ('p2', x'', NULL, NULL),"
+		      " ('p3', x'ac02096c6f6e67206e6f7465', NULL, NULL);"
+		      "INSERT INTO batches (id, state, created_at) VALUES (1, 'ready', 0);"
+		      "INSERT INTO batch_rows (batch_id, profile, attrs, changed) VALUES"
+		      " (1, 'p1', x'0104676f6c640206c3bc72696368', x'0206c3bc72696368');");
+	struct store *st = store_create(path, err, sizeof(err));
+	CHECK(st != NULL);
+	if (!st) {
+		fprintf(stderr, "store_create: %s\n", err);
+		return;
+	}
+	CHECK(store_query_int(st, "PRAGMA user_version", 0) == (int64_t)schema_migration_count);
+	struct attrset set;
+	struct buf copy;
+	attrset_init(&set);
+	buf_init(&copy);
+	CHECK(blob_of(st, "SELECT accepted FROM profiles WHERE id = 'p1'", &set, &copy) == 0 && set.n == 3);
+	CHECK(attr_kv_equals(attrset_get(&set, 1), "gold", 4) && attr_kv_equals(attrset_get(&set, 2), "Utrecht", 7));
+	CHECK(attrset_get(&set, 116) && attrset_get(&set, 116)->len == 0); /* id 't' = 116: "" */
+	CHECK(blob_of(st, "SELECT pending FROM profiles WHERE id = 'p1'", &set, &copy) == 0 && set.n == 2);
+	CHECK(attr_kv_equals(attrset_get(&set, 2), "\xc3\xbcrich", 6) && attr_kv_equals(attrset_get(&set, 0), "", 0));
+	CHECK(blob_of(st, "SELECT inflight FROM profiles WHERE id = 'p1'", &set, &copy) == 1);
+	CHECK(blob_of(st, "SELECT accepted FROM profiles WHERE id = 'p2'", &set, &copy) == 0 && set.n == 0);
+	CHECK(store_query_int(st, "SELECT length(accepted) FROM profiles WHERE id = 'p2'", -1) == 0);
+	CHECK(blob_of(st, "SELECT accepted FROM profiles WHERE id = 'p3'", &set, &copy) == 0 && set.n == 1);
+	CHECK(attr_kv_equals(attrset_get(&set, 300), "long note", 9));
+	CHECK(blob_of(st, "SELECT attrs FROM batch_rows", &set, &copy) == 0 && set.n == 2);
+	CHECK(attr_kv_equals(attrset_get(&set, 1), "gold", 4) && attr_kv_equals(attrset_get(&set, 2), "\xc3\xbcrich", 6));
+	CHECK(blob_of(st, "SELECT changed FROM batch_rows", &set, &copy) == 0 && set.n == 1);
+	attrset_finish(&set);
+	buf_finish(&copy);
+	store_destroy(st);
+	/* Opening again migrates nothing more. */
+	st = store_create(path, err, sizeof(err));
+	CHECK(st && store_query_int(st, "PRAGMA user_version", 0) == (int64_t)schema_migration_count);
+	store_destroy(st);
+}
+
+static void test_corrupt(void)
+{
+	char path[128], err[256] = "";
+	snprintf(path, sizeof(path), "%s/corrupt.db", dir);
+	/* p2's length byte (9) runs past its end. */
+	make_v2(path, "INSERT INTO profiles (id, accepted) VALUES ('p1', x'0104676f6c64'), ('p2', x'0109616263');");
+	CHECK(store_create(path, err, sizeof(err)) == NULL);
+	CHECK(strstr(err, "migration 3 failed") && strstr(err, "corrupt attribute blob"));
+	sqlite3 *db;
+	sqlite3_stmt *s;
+	CHECK(sqlite3_open(path, &db) == SQLITE_OK);
+	CHECK(sqlite3_prepare_v2(db, "SELECT (SELECT user_version FROM pragma_user_version),"
+				     " hex(accepted) FROM profiles WHERE id = 'p1'", -1, &s, NULL) == SQLITE_OK);
+	CHECK(sqlite3_step(s) == SQLITE_ROW);
+	CHECK(sqlite3_column_int(s, 0) == 2);
+	CHECK_STR((const char *)sqlite3_column_text(s, 1), "0104676F6C64"); /* rolled back: still format 1 */
+	sqlite3_finalize(s);
+	sqlite3_close(db);
+}
+
+int main(void)
+{
+	if (!mkdtemp(dir))
+		return 1;
+	test_converted();
+	test_corrupt();
+	char cmd[128];
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	if (system(cmd) != 0)
+		fprintf(stderr, "cannot remove %s\n", dir);
+	return check_result("test_migrate");
+}
