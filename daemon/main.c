@@ -44,6 +44,13 @@ static void notify(const char *fmt, ...)
 #endif
 }
 
+/* A schema migration at start-up (minutes for a large mirror): systemd's
+ * start timeout is pushed 30 s on, every 5 s while it runs. */
+static void on_migration(void *arg, int from, int to)
+{
+	notify("EXTEND_TIMEOUT_USEC=30000000\nSTATUS=migrating the state database from schema %d to %d", from, to);
+}
+
 static void usage(FILE *out)
 {
 	fputs("Usage: tpsyncd -c FILE [options]\n"
@@ -432,6 +439,7 @@ int main(int argc, char **argv)
 			goto free_config;
 		db_path = scratch;
 	}
+	store_on_migration(on_migration, NULL, 5000);
 	d.st = store_create(db_path, err, sizeof(err));
 	if (!d.st) {
 		log_err("msg=\"cannot open state database\" error=\"%s\"", err);

@@ -179,6 +179,40 @@ static void attrs_v2(sqlite3_context *ctx, int argc, sqlite3_value **argv)
 	buf_finish(&out);
 }
 
+static struct {
+	store_migration_hook *hook;
+	void *arg;
+	int64_t every_ms;
+	int64_t last_ms; /* when the hook was last called */
+	int from, to;
+} migration;
+
+void store_on_migration(store_migration_hook *hook, void *arg, int64_t every_ms)
+{
+	migration.hook = hook;
+	migration.arg = arg;
+	migration.every_ms = every_ms;
+}
+
+static int64_t monotonic_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* SQLite's progress handler while migrating: calls the hook when it is due.
+ * Returns 0 (go on). */
+static int migration_progress(void *unused)
+{
+	int64_t now = monotonic_ms();
+	if (now - migration.last_ms >= migration.every_ms) {
+		migration.last_ms = now;
+		migration.hook(migration.arg, migration.from, migration.to);
+	}
+	return 0;
+}
+
 static int migrate(struct store *st, char *err, size_t err_size)
 {
 	int64_t version = store_query_int(st, "PRAGMA user_version", 0);
@@ -187,18 +221,34 @@ static int migrate(struct store *st, char *err, size_t err_size)
 			 (long long)version, schema_migration_count);
 		return -EPROTO;
 	}
-	for (size_t v = (size_t)version; v < schema_migration_count; v++) {
+	/* An existing database (a new one is created in no time). */
+	bool upgrade = version > 0 && version < (int64_t)schema_migration_count;
+	if (upgrade)
+		log_info("msg=\"migrating the state database\" from=%lld to=%zu", (long long)version,
+			 schema_migration_count);
+	if (upgrade && migration.hook) {
+		migration.from = (int)version;
+		migration.to = (int)schema_migration_count;
+		migration.last_ms = monotonic_ms();
+		migration.hook(migration.arg, migration.from, migration.to);
+		/* Every 10,000 virtual machine steps: a few times a millisecond. */
+		sqlite3_progress_handler(st->db, 10000, migration_progress, NULL);
+	}
+	int r = 0;
+	for (size_t v = (size_t)version; v < schema_migration_count && r == 0; v++) {
 		char pragma[64];
 		snprintf(pragma, sizeof(pragma), "PRAGMA user_version = %zu", v + 1);
 		if (store_begin(st) < 0 || store_exec(st, schema_migrations[v]) < 0 ||
 		    store_exec(st, pragma) < 0 || store_commit(st) < 0) {
 			snprintf(err, err_size, "migration %zu failed: %s", v + 1, sqlite3_errmsg(st->db));
 			store_rollback(st);
-			return -EIO;
+			r = -EIO;
+		} else {
+			log_info("msg=\"schema migrated\" version=%zu", v + 1);
 		}
-		log_info("msg=\"schema migrated\" version=%zu", v + 1);
 	}
-	return 0;
+	sqlite3_progress_handler(st->db, 0, NULL, NULL);
+	return r;
 }
 
 static int load_attr_names(struct store *st)

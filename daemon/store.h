@@ -31,6 +31,14 @@ struct store {
 struct store *store_create(const char *path, char *err, size_t err_size);
 void store_destroy(struct store *st);
 
+/* Migrating a large state database takes minutes (about 3.5 s per million
+ * profiles for version 3). hook(arg, from, to) is called when store_create
+ * starts migrating an existing database from schema version from to version
+ * to, then about every every_ms while it runs, so that the caller can tell its
+ * supervisor that start-up is still making progress. NULL: no calls. */
+typedef void store_migration_hook(void *arg, int from, int to);
+void store_on_migration(store_migration_hook *hook, void *arg, int64_t every_ms);
+
 /* Transactions. begin uses BEGIN IMMEDIATE. Return 0 or -EIO (the SQLite error is
  * in sqlite3_errmsg(st->db)); on a failed commit the transaction is rolled back. */
 int store_begin(struct store *st);

@@ -231,7 +231,71 @@ def test_logs(case):
         assert "level=" in line and "msg=" in line, line
 
 
+def v1_blob(values):
+    """A schema 2 (format 1) attribute blob: varint id, varint length, bytes."""
+    def varint(v):
+        out = bytearray()
+        while True:
+            out.append((v & 0x7F) | (0x80 if v > 0x7F else 0))
+            v >>= 7
+            if not v:
+                return bytes(out)
+    blob = b""
+    for attr_id, value in sorted(values.items()):
+        raw = value.encode()
+        blob += varint(attr_id) + varint(len(raw)) + raw
+    return blob
+
+
+def test_upgrade_from_schema_2(case):
+    """A state database written by an older tpsyncd (schema 2, attribute blobs in
+    format 1) is migrated at start: systemd hears that start-up is going on
+    before READY=1, the pending change is delivered, and the mirror still knows
+    what Target accepted."""
+    import socket
+    import sqlite3
+    schema = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "schema")
+    d = case.daemon()
+    con = sqlite3.connect(d.db)
+    for name in ("001_init.sql", "002_source_state.sql"):
+        with open(os.path.join(schema, name)) as f:
+            con.executescript(f.read())
+    con.execute("PRAGMA user_version = 2")
+    con.execute("INSERT INTO attr_names (id, name) VALUES (1, 'tier'), (2, 'city')")
+    con.execute("INSERT INTO profiles (id, accepted) VALUES ('c1', ?)", (v1_blob({1: "gold", 2: "Utrecht"}),))
+    con.execute("INSERT INTO profiles (id, accepted, pending, pending_seq, pending_since, source)"
+                " VALUES ('c2', ?, ?, 1, ?, 'crm')",
+                (v1_blob({1: "silver"}), v1_blob({1: "50% off & more"}), int(time.time() * 1000)))
+    con.commit()
+    con.close()
+
+    sock_path = os.path.join(case.dir, "notify.sock")
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(sock_path)
+    notify.settimeout(15)
+    case.cleanups.append(notify.close)
+    d.start(env={"NOTIFY_SOCKET": sock_path})
+    messages = []
+    while not any("READY=1" in m for m in messages):
+        messages.append(notify.recv(4096).decode())
+    first = messages[0]
+    assert "EXTEND_TIMEOUT_USEC=" in first and "migrating the state database from schema 2 to 3" in first, messages
+    assert 'msg="migrating the state database" from=2 to=3' in d.log_text()
+    assert d.sql("PRAGMA user_version")[0][0] == 3
+
+    wait_for(lambda: case.target.profiles().get("c2") == {"tier": "50% off & more"}, 20, "the pending change")
+    d.wait_idle()
+    # c1 unchanged against its migrated mirror: nothing to send.
+    drop(case, "a.csv", [["c1", "gold", "Utrecht"]], header=("customer_id", "tier", "city"))
+    wait_for(lambda: d.ctl("sources")["sources"][0]["files"] == 1, 20, "a.csv")
+    d.wait_idle()
+    assert "c1" not in case.target.profiles()
+    # One value changed: the whole profile goes, the other value from the mirror.
+    drop(case, "b.csv", [["c1", "gold", "Rotterdam"]], header=("customer_id", "tier", "city"))
+    wait_for(lambda: case.target.profiles().get("c1") == {"tier": "gold", "city": "Rotterdam"}, 20, "c1")
+
+
 if __name__ == "__main__":
     run([test_commands, test_metrics, test_socket_permissions_and_peer_credentials,
          test_malformed_and_oversized_requests, test_reload, test_sigterm_during_ingest_loses_nothing,
-         test_sigterm_during_sending_waits_for_answer, test_logs])
+         test_sigterm_during_sending_waits_for_answer, test_logs, test_upgrade_from_schema_2])

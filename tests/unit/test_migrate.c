@@ -2,7 +2,8 @@
 /* Schema migration 3: a version 2 state database, its attribute blobs in
  * format 1, opens as version 3 with every blob in format 2 and every value
  * kept; a blob that does not decode stops the migration and leaves the
- * database as it was. */
+ * database as it was; the caller's hook hears when a migration starts and
+ * while it runs. */
 #include <errno.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -114,12 +115,45 @@ static void test_corrupt(void)
 	sqlite3_close(db);
 }
 
+static int hook_calls, hook_from, hook_to;
+
+static void count_calls(void *arg, int from, int to)
+{
+	(void)arg;
+	if (hook_calls++ == 0) {
+		hook_from = from;
+		hook_to = to;
+	}
+}
+
+/* The caller hears when a migration starts, and then while it runs. */
+static void test_hook(void)
+{
+	char path[128], err[256];
+	snprintf(path, sizeof(path), "%s/hook.db", dir);
+	make_v2(path, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000)"
+		      " INSERT INTO profiles (id, accepted) SELECT 'p' || i, x'0104676f6c64' FROM n;");
+	store_on_migration(count_calls, NULL, 0);
+	struct store *st = store_create(path, err, sizeof(err));
+	CHECK(st != NULL);
+	CHECK(hook_calls >= 2 && hook_from == 2 && hook_to == (int)schema_migration_count);
+	CHECK(st && store_query_int(st, "SELECT count(*) FROM profiles WHERE accepted = x'0101676f6c6400'", 0) == 5000);
+	store_destroy(st);
+	/* Nothing to migrate: no call. */
+	hook_calls = 0;
+	st = store_create(path, err, sizeof(err));
+	CHECK(st && hook_calls == 0);
+	store_destroy(st);
+	store_on_migration(NULL, NULL, 0);
+}
+
 int main(void)
 {
 	if (!mkdtemp(dir))
 		return 1;
 	test_converted();
 	test_corrupt();
+	test_hook();
 	char cmd[128];
 	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
 	if (system(cmd) != 0)
