@@ -8,6 +8,9 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 void attrset_init(struct attrset *s)
 {
@@ -88,6 +91,67 @@ int attrset_decode_v1(struct attrset *s, const void *blob, size_t len)
 		p += vlen;
 	}
 	return 0;
+}
+
+#if defined(__SSE2__)
+/* Appends the offsets base + (each set bit of nul, lowest first) to ends at
+ * *n. Branch-free for up to 4 bits (ends has room for 4 past max): most 16
+ * bytes of text end at most 4 values, and a branch on how many would be
+ * mispredicted about once a block. */
+static inline void put_bits(uint32_t *ends, size_t *n, unsigned nul, unsigned count, uint32_t base)
+{
+	uint32_t *e = ends + *n;
+	*n += count;
+	for (int k = 0; k < 4; k++) {
+		e[k] = base + (uint32_t)__builtin_ctz(nul | 0x10000u);
+		nul &= nul - 1;
+	}
+	for (e += 4; nul; nul &= nul - 1)
+		*e++ = base + (uint32_t)__builtin_ctz(nul);
+}
+
+/* The NUL bytes among the 16 at p: a bit each, and how many. */
+static inline unsigned nul_bits(const unsigned char *p, unsigned *count)
+{
+	__m128i zero = _mm_setzero_si128();
+	__m128i is_nul = _mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)(const void *)p), zero);
+	/* Each NUL byte is 0xff: subtracted from 0 it is 1, and psadbw sums each half. */
+	__m128i sums = _mm_sad_epu8(_mm_sub_epi8(zero, is_nul), zero);
+	*count = (unsigned)(_mm_cvtsi128_si32(sums) + _mm_cvtsi128_si32(_mm_srli_si128(sums, 8)));
+	return (unsigned)_mm_movemask_epi8(is_nul);
+}
+#endif
+
+size_t attrset_value_ends(const unsigned char *vals, const unsigned char *end, uint32_t *ends, size_t max)
+{
+	size_t n = 0, len = (size_t)(end - vals), i = 0;
+#if defined(__SSE2__)
+	if (len >= 16) {
+		unsigned count, nul;
+		for (; len - i >= 16; i += 16) {
+			nul = nul_bits(vals + i, &count);
+			if (n + count > max)
+				return max + 1;
+			put_bits(ends, &n, nul, count, (uint32_t)i);
+		}
+		if (i < len) { /* the last 16 bytes, less those already seen */
+			nul = nul_bits(end - 16, &count) >> (16 - (len - i));
+			count = (unsigned)__builtin_popcount(nul);
+			if (n + count > max)
+				return max + 1;
+			put_bits(ends, &n, nul, count, (uint32_t)i);
+		}
+		return n;
+	}
+#endif
+	for (; i < len; i++) {
+		if (vals[i])
+			continue;
+		if (n == max)
+			return max + 1;
+		ends[n++] = (uint32_t)i;
+	}
+	return n;
 }
 
 static size_t varint_size(uint32_t v)

@@ -97,6 +97,13 @@ static inline const unsigned char *attrset_value_end(const unsigned char *p, con
 	return (const unsigned char *)memchr(p, 0, (size_t)(end - p));
 }
 
+/* The offsets from vals of the NUL bytes that end the values of a value run
+ * [vals, end), into ends, at most max of them; ends must have room for max + 4
+ * (scratch past the last). Returns how many the run holds, or max + 1 when
+ * more. One pass, 16 bytes at a time with SSE2: unlike stepping from value to
+ * value, no value's end waits on the one before. */
+size_t attrset_value_ends(const unsigned char *vals, const unsigned char *end, uint32_t *ends, size_t max);
+
 /* The next entry goes to *kv (its value points into the blob). Returns 1, 0
  * after the last one, or -EINVAL for a corrupt blob (an id or value cut off,
  * or bytes left after the last value). Ids are not checked for order here. */

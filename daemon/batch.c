@@ -362,39 +362,80 @@ static inline void copy_exact(char *dst, const char *src, size_t len)
 	}
 }
 
-/* Writes the cells of a blob that does not hold exactly the header's
- * attributes at o, each after as many separators as columns it moves on.
- * Returns the end, or NULL for a corrupt blob. */
-static char *put_cells(const struct body_writer *w, char *o, const void *blob, size_t blob_len)
+/* Makes room for n runs in w->runs and n + 4 value ends in w->ends (see
+ * attrset_value_ends). Returns 0 or -ENOMEM. */
+static int scratch_reserve(struct body_writer *w, size_t n)
 {
-	/* In locals: the stores through o could alias *w, so the compiler would
-	 * reload these for every value. */
-	const uint32_t *col_of = w->col_of, n_ids = w->n_ids;
+	n += 4;
+	if (n <= w->scratch_cap)
+		return 0;
+	size_t cap = w->scratch_cap ? w->scratch_cap : 64;
+	while (cap < n)
+		cap *= 2;
+	struct body_run *runs = realloc(w->runs, cap * sizeof(*runs));
+	if (!runs)
+		return -ENOMEM;
+	w->runs = runs;
+	uint32_t *ends = realloc(w->ends, cap * sizeof(*ends));
+	if (!ends)
+		return -ENOMEM;
+	w->ends = ends;
+	w->scratch_cap = cap;
+	return 0;
+}
+
+/* Writes the cells of a blob that does not hold exactly the header's
+ * attributes at *o and moves *o past them. Its values are still joined by
+ * NULs, so each run of values in consecutive columns (a profile without one
+ * attribute has two) is copied whole, after as many separators as columns it
+ * moves on; values outside the header are left out. The values' ends come
+ * from one pass over the run (attrset_value_ends). Returns 0, -EINVAL for a
+ * corrupt blob, or -ENOMEM. */
+static int put_cells(struct body_writer *w, char **o, const void *blob, size_t blob_len)
+{
 	struct attrset_iter it;
-	struct attr_kv kv;
-	uint32_t col = 0; /* columns written so far */
-	int r;
 	if (attrset_iter_init(&it, blob, blob_len) < 0)
-		return NULL;
-	while ((r = attrset_iter_next(&it, &kv)) > 0) {
-		uint32_t c = kv.id < n_ids ? col_of[kv.id] : 0;
+		return -EINVAL;
+	if (scratch_reserve(w, (size_t)(it.ids_end - it.id)) < 0) /* an id is a byte at least */
+		return -ENOMEM;
+	/* In locals: the stores through out could alias *w, so the compiler
+	 * would reload these for every value. */
+	const uint32_t *col_of = w->col_of, n_ids = w->n_ids;
+	struct body_run *runs = w->runs;
+	uint32_t *ends = w->ends;
+	size_t n = 0, n_runs = 0;
+	uint32_t col = 0; /* the last value's column */
+	for (const unsigned char *p = it.id; p < it.ids_end; n++) {
+		uint32_t id;
+		if (!(p = attrset_get_varint(p, it.ids_end, &id)))
+			return -EINVAL;
+		uint32_t c = id < n_ids ? col_of[id] : 0;
 		if (!c)
 			continue;
 		if (c <= col)
-			return NULL;
-		o = put_separators(o, c - col);
-		if (kv.len <= 16 && (const unsigned char *)kv.val + 16 <= it.end)
-			memcpy(o, kv.val, 16); /* in place, past the value but inside the blob */
-		else
-			copy_exact(o, kv.val, kv.len);
-		o += kv.len;
+			return -EINVAL;
+		if (n_runs == 0 || c != col + 1 || runs[n_runs - 1].last + 1 != n)
+			runs[n_runs++] = (struct body_run){ .first = (uint32_t)n, .col = c };
+		runs[n_runs - 1].last = (uint32_t)n;
 		col = c;
 	}
-	if (r < 0)
-		return NULL;
+	size_t values = it.val < it.end ? attrset_value_ends(it.val, it.end, ends, n) : 0;
+	if (values != n || (n > 0 && ends[n - 1] + 1 != (size_t)(it.end - it.val)) || (n == 0 && it.val != it.end))
+		return -EINVAL; /* values missing, cut, or after the last one */
+	char *out = *o;
+	col = 0; /* columns written so far */
+	for (size_t r = 0; r < n_runs; r++) {
+		const struct body_run *run = &runs[r];
+		uint32_t start = run->first ? ends[run->first - 1] + 1 : 0, len = ends[run->last] - start;
+		out = put_separators(out, run->col - col);
+		copy_exact(out, (const char *)it.val + start, len);
+		out += len;
+		col = run->col + (run->last - run->first);
+	}
 	if (col < w->n_cols)
-		o = put_separators(o, (uint32_t)w->n_cols - col);
-	return o;
+		out = put_separators(out, (uint32_t)w->n_cols - col);
+	*o = out;
+	return 0;
 }
 
 int body_writer_row(struct body_writer *w, const char *profile, size_t profile_len, const void *blob, size_t blob_len)
@@ -410,14 +451,17 @@ int body_writer_row(struct body_writer *w, const char *profile, size_t profile_l
 	const unsigned char *b = blob;
 	size_t k = w->prefix.len;
 	if (blob_len > k && b[blob_len - 1] == '\0' && memcmp(b, w->prefix.data, k) == 0) {
-		/* The header's attributes, no more, no fewer (full_profile rows,
-		 * nearly always): the blob's values are the row's cells, already
-		 * joined by NULs. The last NUL ends the row instead. */
+		/* The header's attributes, no more, no fewer (full_profile rows
+		 * when every profile has the same attributes, as in most exports):
+		 * the blob's values are the row's cells, already joined by NULs.
+		 * The last NUL ends the row instead. */
 		*o++ = '\0';
 		copy_exact(o, (const char *)b + k, blob_len - k - 1);
 		o += blob_len - k - 1;
-	} else if (!(o = put_cells(w, o, blob, blob_len))) {
-		return -EINVAL;
+	} else {
+		int r = put_cells(w, &o, blob, blob_len);
+		if (r < 0)
+			return r;
 	}
 	size_t len = (size_t)(o - w->row.data), seps;
 	if (buf_reserve(&w->out, 3 * len + 1 + PCTENC_SLACK) < 0)
@@ -469,6 +513,8 @@ void body_writer_finish(struct body_writer *w)
 {
 	free(w->ids);
 	free(w->col_of);
+	free(w->runs);
+	free(w->ends);
 	buf_finish(&w->prefix);
 	buf_finish(&w->row);
 	buf_finish(&w->out);

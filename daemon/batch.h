@@ -32,6 +32,12 @@ int64_t batch_write_body(struct store *st, const struct config *cfg, int64_t id,
  * corrupt header. */
 int batch_header_ids(struct store *st, int64_t id, uint32_t **ids, size_t *n);
 
+/* Values first to last of a row's blob, in consecutive columns from col on
+ * (the body writer copies each such run whole). */
+struct body_run {
+	uint32_t first, last, col;
+};
+
 /* The encoder behind batch_write_body, for rows from anywhere: the columns
  * are the header's attribute ids in ascending order (w->ids; whatever order
  * they are given in), so that a row is written in one pass over its blob,
@@ -44,6 +50,9 @@ struct body_writer {
 	uint32_t *ids;        /* the header's attribute ids, ascending */
 	uint32_t *col_of;     /* 1-based column of each attribute id; 0: not in the header */
 	struct buf prefix;    /* how a blob with exactly the header's ids begins */
+	struct body_run *runs; /* scratch for a row that is not its header's */
+	uint32_t *ends;       /* and where each of its values ends */
+	size_t scratch_cap;   /* entries in each */
 	uint32_t n_ids;
 	size_t n_cols;
 	struct buf row;       /* the current row's cells joined by NULs */

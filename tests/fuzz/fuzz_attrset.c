@@ -39,6 +39,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (r == 0)
 			assert(attrset_decode(&t, b.data, b.len) == 0 && t.n == s.n);
 	}
+	/* The input as a value run: its NULs found in one pass, as byte by byte. */
+	size_t nuls = 0;
+	for (size_t i = 0; i < size; i++)
+		nuls += data[i] == 0;
+	size_t max = nuls / 2 + size % 3; /* below, at or above the count */
+	uint32_t *ends = malloc((max + 4) * sizeof(*ends));
+	assert(ends);
+	size_t got = attrset_value_ends(data, data + size, ends, max);
+	assert(nuls > max ? got == max + 1 : got == nuls);
+	for (size_t i = 0, k = 0; i < size && k < got && got <= max; i++)
+		if (data[i] == 0)
+			assert(ends[k++] == i);
+	free(ends);
 	attrset_finish(&s);
 	attrset_finish(&t);
 	buf_finish(&b);

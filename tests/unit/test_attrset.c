@@ -83,6 +83,39 @@ static void test_format1(void)
 	attrset_finish(&t);
 }
 
+/* attrset_value_ends against a byte-by-byte count: runs of 0 to 70 bytes
+ * (under, at and over 16, with a tail) holding NULs anywhere, up to 20 in a
+ * block, and the limit: max + 1 once there are more than max. ends is
+ * allocated at exactly max + 4, so a write past it shows. */
+static void test_value_ends(void)
+{
+	unsigned seed = 7;
+	for (int round = 0; round < 5000; round++) {
+		seed = seed * 1103515245u + 12345u;
+		size_t len = (seed >> 8) % 71, density = 1 + (seed >> 20) % 8;
+		unsigned char *run = malloc(len ? len : 1);
+		size_t want[80], n = 0;
+		for (size_t i = 0; i < len; i++) {
+			seed = seed * 1103515245u + 12345u;
+			run[i] = (seed >> 8) % density == 0 ? 0 : (unsigned char)('a' + (seed >> 12) % 26);
+			if (!run[i])
+				want[n++] = i;
+		}
+		size_t max = round % 3 == 0 && n > 0 ? n - 1 : n + (size_t)(round % 5);
+		uint32_t *ends = malloc((max + 4) * sizeof(*ends));
+		size_t got = attrset_value_ends(run, run + len, ends, max);
+		if (n > max) {
+			CHECK(got == max + 1);
+		} else {
+			CHECK(got == n);
+			for (size_t i = 0; i < n && i < got; i++)
+				CHECK(ends[i] == want[i]);
+		}
+		free(ends);
+		free(run);
+	}
+}
+
 int main(void)
 {
 	struct attrset s, t;
@@ -111,5 +144,6 @@ int main(void)
 	buf_finish(&b);
 	test_format();
 	test_format1();
+	test_value_ends();
 	return check_result("test_attrset");
 }
