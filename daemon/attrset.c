@@ -54,13 +54,32 @@ int attrset_put_varint(struct buf *out, uint32_t v)
 	return buf_append(out, tmp, n);
 }
 
+/* The next entry of it goes to *kv (its value points into the blob). Returns
+ * 1, 0 after the last one, or -EINVAL for a corrupt blob (an id or value cut
+ * off, or bytes left after the last value). Ids are not checked for order. */
+static int iter_next(struct attrset_iter *it, struct attr_kv *kv)
+{
+	const unsigned char *p = it->id;
+	if (p == it->ids_end)
+		return it->val == it->end ? 0 : -EINVAL;
+	if (!(it->id = attrset_get_varint(p, it->ids_end, &kv->id)))
+		return -EINVAL;
+	const unsigned char *nul = memchr(it->val, 0, (size_t)(it->end - it->val));
+	if (!nul)
+		return -EINVAL;
+	kv->val = (const char *)it->val;
+	kv->len = (uint32_t)(nul - it->val);
+	it->val = nul + 1;
+	return 1;
+}
+
 int attrset_decode(struct attrset *s, const void *blob, size_t len)
 {
 	struct attrset_iter it;
 	struct attr_kv kv;
 	int r = attrset_iter_init(&it, blob, len);
 	s->n = 0;
-	while (r == 0 && (r = attrset_iter_next(&it, &kv)) > 0) {
+	while (r == 0 && (r = iter_next(&it, &kv)) > 0) {
 		if (s->n && s->kv[s->n - 1].id >= kv.id)
 			return -EINVAL;
 		if (s->n == s->cap && reserve(s, s->n + 1) < 0)

@@ -61,9 +61,7 @@ static inline const unsigned char *attrset_get_varint(const unsigned char *p, co
 /* Appends v as a varint. Returns 0 or -ENOMEM. */
 int attrset_put_varint(struct buf *out, uint32_t v);
 
-/* Reads a blob without decoding it into a set: attrset_iter_init, then
- * attrset_iter_next for each entry. Inline: the batch encoder reads every
- * value of every row this way when a row is not its header's. */
+/* A blob's two parts: its id list and its values (see attrset_iter_init). */
 struct attrset_iter {
 	const unsigned char *id;      /* next id varint */
 	const unsigned char *ids_end; /* end of the id list, start of the values */
@@ -71,8 +69,8 @@ struct attrset_iter {
 	const unsigned char *end;
 };
 
-/* Starts reading the blob. Returns 0, or -EINVAL when its id list runs past
- * its end. */
+/* Splits the blob into its id list and its values (both empty for the
+ * empty blob). Returns 0, or -EINVAL when the id list runs past the end. */
 static inline int attrset_iter_init(struct attrset_iter *it, const void *blob, size_t len)
 {
 	if (len == 0) { /* the empty set (blob may be NULL) */
@@ -90,42 +88,12 @@ static inline int attrset_iter_init(struct attrset_iter *it, const void *blob, s
 	return 0;
 }
 
-/* The end of the NUL-terminated value at p (the NUL's address), or NULL when
- * no NUL comes before end. */
-static inline const unsigned char *attrset_value_end(const unsigned char *p, const unsigned char *end)
-{
-	return (const unsigned char *)memchr(p, 0, (size_t)(end - p));
-}
-
 /* The offsets from vals of the NUL bytes that end the values of a value run
  * [vals, end), into ends, at most max of them; ends must have room for max + 4
  * (scratch past the last). Returns how many the run holds, or max + 1 when
  * more. One pass, 16 bytes at a time with SSE2: unlike stepping from value to
  * value, no value's end waits on the one before. */
 size_t attrset_value_ends(const unsigned char *vals, const unsigned char *end, uint32_t *ends, size_t max);
-
-/* The next entry goes to *kv (its value points into the blob). Returns 1, 0
- * after the last one, or -EINVAL for a corrupt blob (an id or value cut off,
- * or bytes left after the last value). Ids are not checked for order here. */
-static inline int attrset_iter_next(struct attrset_iter *it, struct attr_kv *kv)
-{
-	const unsigned char *p = it->id;
-	if (p == it->ids_end)
-		return it->val == it->end ? 0 : -EINVAL;
-	if (!(p[0] & 0x80)) { /* the usual: id < 128 */
-		kv->id = p[0];
-		it->id = p + 1;
-	} else if (!(it->id = attrset_get_varint(p, it->ids_end, &kv->id))) {
-		return -EINVAL;
-	}
-	const unsigned char *nul = attrset_value_end(it->val, it->end);
-	if (!nul)
-		return -EINVAL;
-	kv->val = (const char *)it->val;
-	kv->len = (uint32_t)(nul - it->val);
-	it->val = nul + 1;
-	return 1;
-}
 
 /* Appends the blob form to out. Returns 0, -EILSEQ when a value holds a NUL
  * (out is then unchanged), or -ENOMEM. */

@@ -370,13 +370,6 @@ static int record_reject(struct ingest *ig, struct job *j, const struct csv_reco
 	return rc == SQLITE_DONE ? 0 : -EIO;
 }
 
-static int64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static int open_csv(struct job *j, char *reason, size_t size)
 {
 	csv_destroy(j->csv);
@@ -673,11 +666,8 @@ static int phase_stage(struct ingest *ig, struct job *j, char *reason, size_t si
 					  j->req.src->name, &was_known);
 			if (was_known)
 				j->known++;
-			if (r == -E2BIG)
-				why = "profile data would exceed Target's 64 KB per profile";
-			else if (r == -EILSEQ)
-				why = "NUL byte in a value";
-			else if (r < 0)
+			why = stage_refusal(r);
+			if (!why && r < 0)
 				goto db_error;
 			else if (r > 0) {
 				j->staged++;

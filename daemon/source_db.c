@@ -91,11 +91,8 @@ int db_stage_row(struct source *s, struct db_mapping *m, const char *id, size_t 
 		why = profile_id_problem(id, id_len);
 	if (!why) {
 		int r = stage_profile(&m->sg, id, id_len, &m->incoming, s->cfg->name, NULL);
-		if (r == -E2BIG)
-			why = "profile data would exceed Target's 64 KB per profile";
-		else if (r == -EILSEQ)
-			why = "NUL byte in a value";
-		else if (r < 0)
+		why = stage_refusal(r);
+		if (!why && r < 0)
 			return r;
 		else if (r > 0)
 			s->stats.rows_staged++;

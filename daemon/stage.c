@@ -133,6 +133,15 @@ static int supersede_dead_letters(struct stage *sg, const char *profile, size_t 
 	return 0;
 }
 
+const char *stage_refusal(int r)
+{
+	if (r == -E2BIG)
+		return "profile data would exceed Target's 64 KB per profile";
+	if (r == -EILSEQ)
+		return "NUL byte in a value";
+	return NULL;
+}
+
 int stage_profile(struct stage *sg, const char *profile, size_t profile_len,
 		  const struct attrset *incoming, const char *source, bool *was_known)
 {

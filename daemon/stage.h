@@ -36,6 +36,11 @@ void stage_finish(struct stage *sg);
 int stage_profile(struct stage *sg, const char *profile, size_t profile_len,
 		  const struct attrset *incoming, const char *source, bool *was_known);
 
+/* The reason a row is refused when stage_profile returned r: -E2BIG and
+ * -EILSEQ refuse the row alone; NULL for any other r (staged, unchanged, or an
+ * error that stops the caller). */
+const char *stage_refusal(int r);
+
 /* Makes sure the latest values of the attributes in ids (their values are
  * ignored) go to Target again: each one not already pending is staged with its
  * in-flight value if any, else its accepted value. Used after a request whose

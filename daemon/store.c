@@ -24,6 +24,13 @@ int64_t now_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+int64_t mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 int store_exec(struct store *st, const char *sql)
 {
 	char *msg = NULL;
@@ -194,18 +201,11 @@ void store_on_migration(store_migration_hook *hook, void *arg, int64_t every_ms)
 	migration.every_ms = every_ms;
 }
 
-static int64_t monotonic_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* SQLite's progress handler while migrating: calls the hook when it is due.
  * Returns 0 (go on). */
 static int migration_progress(void *unused)
 {
-	int64_t now = monotonic_ms();
+	int64_t now = mono_ms();
 	if (now - migration.last_ms >= migration.every_ms) {
 		migration.last_ms = now;
 		migration.hook(migration.arg, migration.from, migration.to);
@@ -229,7 +229,7 @@ static int migrate(struct store *st, char *err, size_t err_size)
 	if (upgrade && migration.hook) {
 		migration.from = (int)version;
 		migration.to = (int)schema_migration_count;
-		migration.last_ms = monotonic_ms();
+		migration.last_ms = mono_ms();
 		migration.hook(migration.arg, migration.from, migration.to);
 		/* Every 10,000 virtual machine steps: a few times a millisecond. */
 		sqlite3_progress_handler(st->db, 10000, migration_progress, NULL);

@@ -69,5 +69,7 @@ int64_t store_query_int(struct store *st, const char *sql, int64_t fallback);
 
 /* Wall-clock time in milliseconds since the epoch. */
 int64_t now_ms(void);
+/* Monotonic time in milliseconds (for durations). */
+int64_t mono_ms(void);
 
 #endif
