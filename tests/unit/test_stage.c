@@ -141,6 +141,10 @@ int main(void)
 	CHECK(stage_profile(&sg, "p4", 2, &in, "test", NULL) == -EILSEQ);
 	store_commit(st);
 	CHECK(profile_rows("p4") == 0);
+	/* Refusals reject the row alone, with a reason; other results have none. */
+	CHECK_STR(stage_refusal(-EILSEQ), "NUL byte in a value");
+	CHECK_STR(stage_refusal(-E2BIG), "profile data would exceed Target's 64 KB per profile");
+	CHECK(!stage_refusal(1) && !stage_refusal(0) && !stage_refusal(-EIO) && !stage_refusal(-EINVAL));
 
 	exec("SELECT 1");
 	buf_finish(&blob);
