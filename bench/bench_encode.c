@@ -2,7 +2,7 @@
 /* Encoding benchmark: builds one batch from the pending profiles of a state
  * database and writes its URL-encoded body, timing each part apart:
  *   build   choosing the rows (pending -> in flight, one transaction), once;
- *   write   batch_write_body to a file: reading the rows from SQLite and
+ *   write   queue_write_body to a file: reading the rows from SQLite and
  *           encoding them (what the sender does before each POST);
  *   encode  the encoder alone, to a file, over the same rows held in memory;
  *   scan    SQLite alone stepping through the same rows (the read floor);
@@ -25,9 +25,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "batch.h"
+#include "body_writer.h"
 #include "buf.h"
 #include "config.h"
+#include "queue.h"
 #include "store.h"
 
 #define RUNS 3
@@ -97,7 +98,7 @@ static double scan_and_load(struct store *st, int64_t id, struct rows *rows)
 }
 
 /* The encoder alone over rows held in memory, to a new file at path with
- * header ids, as batch_write_body would write them (size: the space to
+ * header ids, as queue_write_body would write them (size: the space to
  * reserve). Returns the best time of RUNS, or -1 on a failure; the bytes
  * written go to *encoded. */
 static double encode_rows(const struct rows *rows, const uint32_t *ids, size_t n_ids, int64_t size, const char *path,
@@ -150,6 +151,9 @@ int main(int argc, char **argv)
 		fprintf(stderr, "bench_encode: %s\n", err);
 		return 1;
 	}
+	struct queue *q = queue_create(st);
+	if (!q)
+		return 1;
 	struct config cfg = { 0 };
 	cfg.target.id_type = ID_THIRD_PARTY;
 	cfg.batch.max_rows = argc > 3 ? atol(argv[3]) : TARGET_MAX_ROWS;
@@ -158,9 +162,9 @@ int main(int argc, char **argv)
 	double t0 = now(), build_s = 0;
 	int64_t id;
 	if (again) {
-		id = store_query_int(st, "SELECT max(id) FROM batches", 0);
+		id = store_int(st, "SELECT max(id) FROM batches", 0, "");
 	} else {
-		id = batch_build(st, &cfg, cfg.batch.max_rows);
+		id = queue_build(q, &cfg, cfg.batch.max_rows);
 		build_s = now() - t0;
 	}
 	if (id <= 0) {
@@ -173,7 +177,7 @@ int main(int argc, char **argv)
 	for (int run = 0; run < RUNS; run++) {
 		int out = open_out(argv[2]);
 		double t = now();
-		bytes = batch_write_body(st, &cfg, id, out);
+		bytes = queue_write_body(q, &cfg, id, out);
 		if (bytes < 0 || close(out) != 0) {
 			fprintf(stderr, "bench_encode: write failed\n");
 			return 1;
@@ -186,7 +190,7 @@ int main(int argc, char **argv)
 	double scan_s = scan_and_load(st, id, &rows);
 	uint32_t *ids = NULL;
 	size_t n_ids = 0;
-	if (batch_header_ids(st, id, &ids, &n_ids) < 0)
+	if (queue_header_ids(q, id, &ids, &n_ids) < 0)
 		return 1;
 	char copy[4096];
 	snprintf(copy, sizeof(copy), "%s.mem", argv[2]);
@@ -207,11 +211,12 @@ int main(int argc, char **argv)
 	if (encode_s < 0 || short_s < 0)
 		return 1;
 	printf("%.6f %.6f %lld %lld %.6f %.6f %lld %.6f %lld\n", build_s, write_s, (long long)bytes,
-	       (long long)store_query_int(st, "SELECT rows FROM batches ORDER BY id DESC LIMIT 1", 0), encode_s, scan_s,
+	       (long long)store_int(st, "SELECT rows FROM batches ORDER BY id DESC LIMIT 1", 0, ""), encode_s, scan_s,
 	       (long long)encoded, short_s, (long long)short_bytes);
 	free(rows.at);
 	free(ids);
 	buf_finish(&rows.mem);
+	queue_destroy(q);
 	store_destroy(st);
 	return 0;
 }

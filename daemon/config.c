@@ -700,6 +700,17 @@ void config_destroy(struct config *cfg)
 	free(cfg);
 }
 
+const char *config_column_attr(const struct source_config *src, const char *col)
+{
+	for (size_t e = 0; e < src->n_exclude; e++)
+		if (strcmp(src->exclude[e], col) == 0)
+			return NULL;
+	for (size_t m = 0; m < src->n_columns; m++)
+		if (strcmp(src->columns[m].from, col) == 0)
+			return src->columns[m].to;
+	return col;
+}
+
 const struct source_config *config_find_source(const struct config *cfg, const char *name)
 {
 	for (size_t i = 0; i < cfg->n_sources; i++)

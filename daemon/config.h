@@ -97,10 +97,14 @@ int config_load(const char *path, struct config **out, FILE *err);
 int config_load_buffer(const char *name, const char *text, size_t len, struct config **out, FILE *err);
 void config_destroy(struct config *cfg);
 
-/* The source called name, or NULL. */
 /* The name of a source type as in the configuration ("spool", "postgres", ...). */
 const char *source_type_name(enum source_type type);
 
+/* The source called name, or NULL. */
 const struct source_config *config_find_source(const struct config *cfg, const char *name);
+
+/* The attribute a source's column becomes: renamed by columns:, NULL when
+ * exclude: drops it, else the column's own name. */
+const char *config_column_attr(const struct source_config *src, const char *col);
 
 #endif

@@ -40,7 +40,4 @@ int csv_seek(struct csv_reader *r, off_t offset, uint64_t line);
  * skipped. */
 int csv_next(struct csv_reader *r, struct csv_record *rec);
 
-/* True if the len bytes are well-formed UTF-8 (no overlongs, no surrogates). */
-bool utf8_valid(const char *s, size_t len);
-
 #endif

@@ -14,6 +14,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "batch_state.h"
+#include "control_proto.h"
+
 #define DEFAULT_SOCKET "/run/tpsyncd/control.sock"
 #define EXIT_REFUSED 1
 #define EXIT_UNREACHABLE 2
@@ -361,7 +364,7 @@ int main(int argc, char **argv)
 		json_decref(args);
 		return EXIT_USAGE;
 	}
-	json_t *req = json_pack("{s:i, s:s, s:o}", "v", 1, "cmd", cmd, "args", args);
+	json_t *req = json_pack("{s:i, s:s, s:o}", "v", CONTROL_PROTOCOL_VERSION, "cmd", cmd, "args", args);
 	json_t *reply = call(path, req);
 	json_decref(req);
 	if (!reply)

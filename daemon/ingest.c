@@ -17,10 +17,12 @@
 #include <unistd.h>
 
 #include "attrset.h"
+#include "clock.h"
 #include "crash.h"
 #include "csv.h"
 #include "log.h"
 #include "stage.h"
+#include "target.h"
 
 #define SLICE_ROWS 5000
 #define SLICE_MS 25
@@ -29,12 +31,18 @@
 #define MAX_ID_LEN 128
 #define STRICT_REPORT_MAX 100
 
-enum phase { PH_OPEN, PH_HASH, PH_VALIDATE, PH_STAGE, PH_FINISH };
+/* A file's steps. PH_HEADER maps the header row and positions the reader for
+ * the step in job.after_header; it runs again when retried, so a state database
+ * that was busy while attribute names were recorded costs a retry, not the file. */
+enum phase { PH_OPEN, PH_HASH, PH_HEADER, PH_VALIDATE, PH_STAGE, PH_FINISH };
 
 struct job {
 	struct ingest_request req;
 	struct job *next;
 	enum phase phase;
+	enum phase after_header; /* PH_VALIDATE or PH_STAGE */
+	off_t start_offset;      /* where PH_HEADER positions the reader (0: the first row) */
+	uint64_t start_line;
 	int fd;
 	struct stat sb;
 	struct csv_reader *csv;
@@ -54,7 +62,13 @@ struct job {
 };
 
 struct ingest {
-	struct daemon *d;
+	struct event_base *base;
+	struct store *st;
+	const struct ingest_listener *l;
+	void *arg;
+	const char *rejects_dir; /* NULL: beside the file (a dry run writes them to its directory) */
+	bool is_stopping;
+	char held_back[512];     /* why ingestion is waiting to retry; "" when it is not */
 	struct event *tick;
 	struct event *retry;
 	struct job *head, *tail, *active;
@@ -63,6 +77,12 @@ struct ingest {
 	struct attrset incoming;
 	char *hash_buf;
 };
+
+static void progress(struct ingest *ig)
+{
+	if (ig->l && ig->l->progress)
+		ig->l->progress(ig->arg);
+}
 
 static void schedule(struct ingest *ig)
 {
@@ -142,7 +162,7 @@ static int write_rejects(struct ingest *ig, struct job *j, const char *dir)
 	if (!f)
 		return -errno;
 	fputs("line,reason,row\n", f);
-	sqlite3_stmt *s = store_stmt(ig->d->st,
+	sqlite3_stmt *s = store_stmt(ig->st,
 				     "SELECT line, reason, raw FROM rejects WHERE file_id = ? ORDER BY line");
 	if (!s) {
 		fclose(f);
@@ -174,14 +194,14 @@ static void fail_file(struct ingest *ig, struct job *j, const char *reason)
 	snprintf(j->req.stats->last_error, sizeof(j->req.stats->last_error), "%s: %s", name, reason);
 	j->req.stats->files_failed++;
 	if (j->file_id > 0) {
-		sqlite3_stmt *s = store_stmt(ig->d->st,
+		sqlite3_stmt *s = store_stmt(ig->st,
 					     "UPDATE ingested_files SET state = 'failed', error = ?2, finished_at = ?3 WHERE id = ?1");
 		if (s) {
 			sqlite3_bind_int64(s, 1, j->file_id);
 			sqlite3_bind_text(s, 2, reason, -1, SQLITE_STATIC);
-			sqlite3_bind_int64(s, 3, now_ms());
+			sqlite3_bind_int64(s, 3, clock_wall_ms());
 			if (sqlite3_step(s) != SQLITE_DONE)
-				log_warn("msg=\"cannot record failed file\" error=\"%s\"", sqlite3_errmsg(ig->d->st->db));
+				log_warn("msg=\"cannot record failed file\" error=\"%s\"", sqlite3_errmsg(ig->st->db));
 			sqlite3_reset(s);
 		}
 	}
@@ -217,7 +237,7 @@ static void dispose_file(struct ingest *ig, struct job *j)
 		if (j->rejected > 0) {
 			char parent[4096];
 			snprintf(parent, sizeof(parent), "%s", j->req.path);
-			r = write_rejects(ig, j, ig->d->dry_run_dir ? ig->d->dry_run_dir : dirname(parent));
+			r = write_rejects(ig, j, ig->rejects_dir ? ig->rejects_dir : dirname(parent));
 		}
 	} else {
 		r = ensure_subdir(j->req.path, "archive", dir, sizeof(dir));
@@ -236,46 +256,8 @@ static void dispose_file(struct ingest *ig, struct job *j)
 		log_err("msg=\"cannot archive file\" file=\"%s\" error=\"%s\"", j->req.path, strerror(-r));
 }
 
-bool attr_name_valid(const char *s, size_t len)
-{
-	if (len == 0 || len > 128)
-		return false;
-	for (size_t i = 0; i < len; i++) {
-		char c = s[i];
-		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
-		      c == '-' || c == '.'))
-			return false;
-	}
-	return true;
-}
-
-const char *column_attr_name(const struct source_config *src, const char *col)
-{
-	for (size_t e = 0; e < src->n_exclude; e++)
-		if (strcmp(src->exclude[e], col) == 0)
-			return NULL;
-	for (size_t m = 0; m < src->n_columns; m++)
-		if (strcmp(src->columns[m].from, col) == 0)
-			return src->columns[m].to;
-	return col;
-}
-
-const char *profile_id_problem(const char *id, size_t len)
-{
-	if (!id || len == 0)
-		return "empty id";
-	if (len > MAX_ID_LEN)
-		return "id longer than 128 bytes";
-	for (size_t i = 0; i < len; i++) {
-		if (id[i] == '+' || id[i] == '/')
-			return "id contains '+' or '/', which Target does not accept";
-		if ((unsigned char)id[i] < 0x20 || id[i] == 0x7f)
-			return "id contains a control character";
-	}
-	return NULL;
-}
-
-/* Maps the header row to attribute ids. Returns 0, or -EINVAL with why in reason. */
+/* Maps the header row to attribute ids. Returns 0, -EINVAL with why in reason
+ * (the file cannot be used), or -EIO / -ENOMEM (retry later). */
 static int map_header(struct ingest *ig, struct job *j, const struct csv_record *h, char *reason, size_t size)
 {
 	const struct source_config *src = j->req.src;
@@ -284,6 +266,7 @@ static int map_header(struct ingest *ig, struct job *j, const struct csv_record 
 		return -EINVAL;
 	}
 	j->n_cols = h->n_fields;
+	free(j->col_attr);
 	j->col_attr = calloc(h->n_fields, sizeof(*j->col_attr));
 	if (!j->col_attr)
 		return -ENOMEM;
@@ -299,19 +282,19 @@ static int map_header(struct ingest *ig, struct job *j, const struct csv_record 
 			j->id_col = c;
 			continue;
 		}
-		const char *attr = column_attr_name(src, col);
+		const char *attr = config_column_attr(src, col);
 		if (!attr)
 			continue;
-		if (!attr_name_valid(attr, strlen(attr))) {
+		if (!target_attr_name_valid(attr, strlen(attr))) {
 			snprintf(reason, size,
 				 "header: column %zu \"%.64s\" is not a valid attribute name (letters, digits, "
 				 "'_', '-', '.'); rename it with columns: or exclude it",
 				 c + 1, attr);
 			return -EINVAL;
 		}
-		int64_t id = store_attr_id(ig->d->st, attr, strlen(attr));
+		int64_t id = store_attr_id(ig->st, attr, strlen(attr));
 		if (id < 0) {
-			snprintf(reason, size, "cannot record attribute name: %s", sqlite3_errmsg(ig->d->st->db));
+			snprintf(reason, size, "cannot record attribute name: %s", sqlite3_errmsg(ig->st->db));
 			return -EIO;
 		}
 		for (size_t p = 0; p < c; p++) {
@@ -339,7 +322,7 @@ static const char *check_row(struct ingest *ig, struct job *j, const struct csv_
 		snprintf(why, sizeof(why), "row has %zu fields, the header has %zu", rec->n_fields, j->n_cols);
 		return why;
 	}
-	const char *bad_id = profile_id_problem(rec->fields[j->id_col], rec->lens[j->id_col]);
+	const char *bad_id = target_profile_id_problem(rec->fields[j->id_col], rec->lens[j->id_col]);
 	if (bad_id)
 		return bad_id;
 	attrset_clear(&ig->incoming);
@@ -358,7 +341,7 @@ static int record_reject(struct ingest *ig, struct job *j, const struct csv_reco
 	j->req.stats->rows_rejected++;
 	log_debug("msg=\"row rejected\" source=%s file=\"%s\" line=%llu reason=\"%s\"", j->req.src->name,
 		  base_name(j->req.path), (unsigned long long)rec->line, why);
-	sqlite3_stmt *s = store_stmt(ig->d->st, "INSERT INTO rejects (file_id, line, reason, raw) VALUES (?, ?, ?, ?)");
+	sqlite3_stmt *s = store_stmt(ig->st, "INSERT INTO rejects (file_id, line, reason, raw) VALUES (?, ?, ?, ?)");
 	if (!s)
 		return -EIO;
 	sqlite3_bind_int64(s, 1, j->file_id);
@@ -398,7 +381,7 @@ static int start_rows(struct ingest *ig, struct job *j, off_t offset, uint64_t l
 		snprintf(reason, size, "empty file: no header row");
 		return -EINVAL;
 	}
-	if (!j->col_attr && (r = map_header(ig, j, &h, reason, size)) < 0)
+	if ((r = map_header(ig, j, &h, reason, size)) < 0)
 		return r;
 	j->committed_offset = h.end_offset;
 	j->committed_line = h.line + 1;
@@ -443,7 +426,7 @@ static int phase_open(struct ingest *ig, struct job *j, char *reason, size_t siz
 		return -EINVAL;
 	}
 	/* A file seen before with the same identity: resume it, or just dispose of it. */
-	sqlite3_stmt *s = store_stmt(ig->d->st,
+	sqlite3_stmt *s = store_stmt(ig->st,
 				     "SELECT id, state, offset, line, rows, staged, rejected, known FROM ingested_files"
 				     " WHERE source = ? AND name = ? AND size = ? AND mtime = ? ORDER BY id DESC LIMIT 1");
 	if (!s)
@@ -472,8 +455,11 @@ static int phase_open(struct ingest *ig, struct job *j, char *reason, size_t siz
 			sqlite3_reset(s);
 			log_info("msg=\"resuming file\" source=%s file=\"%s\" offset=%lld line=%llu",
 				 j->req.src->name, j->req.path, (long long)offset, (unsigned long long)line);
-			j->phase = PH_STAGE;
-			return start_rows(ig, j, offset, line, reason, size) < 0 ? -EINVAL : 1;
+			j->phase = PH_HEADER;
+			j->after_header = PH_STAGE;
+			j->start_offset = offset;
+			j->start_line = line;
+			return 1;
 		}
 		j->file_id = 0; /* failed before: try again as a new file */
 		j->rows = j->staged = j->rejected = j->known = 0;
@@ -500,7 +486,7 @@ static int phase_hash(struct ingest *ig, struct job *j, char *reason, size_t siz
 	/* The same content as the source's last file (a re-dropped export, an unchanged
 	 * snapshot): nothing new in it. Only the last one: after A, B, a second A
 	 * carries changes back and must be staged. */
-	sqlite3_stmt *s = store_stmt(ig->d->st,
+	sqlite3_stmt *s = store_stmt(ig->st,
 				     "SELECT name, hash, size FROM ingested_files WHERE source = ? AND state = 'done'"
 				     " ORDER BY id DESC LIMIT 1");
 	if (!s)
@@ -512,7 +498,7 @@ static int phase_hash(struct ingest *ig, struct job *j, char *reason, size_t siz
 		log_info("msg=\"file has the content of one already ingested; nothing staged\" source=%s "
 			 "file=\"%s\" same_as=\"%s\"", j->req.src->name, j->req.path, sqlite3_column_text(s, 0));
 	sqlite3_reset(s);
-	s = store_stmt(ig->d->st,
+	s = store_stmt(ig->st,
 		       "INSERT INTO ingested_files (source, name, size, mtime, hash, state, started_at)"
 		       " VALUES (?, ?, ?, ?, ?, ?, ?)");
 	if (!s)
@@ -523,27 +509,39 @@ static int phase_hash(struct ingest *ig, struct job *j, char *reason, size_t siz
 	sqlite3_bind_int64(s, 4, (int64_t)j->sb.st_mtim.tv_sec * 1000 + j->sb.st_mtim.tv_nsec / 1000000);
 	sqlite3_bind_text(s, 5, hex, -1, SQLITE_TRANSIENT);
 	sqlite3_bind_text(s, 6, seen ? "done" : "staging", -1, SQLITE_STATIC);
-	sqlite3_bind_int64(s, 7, now_ms());
+	sqlite3_bind_int64(s, 7, clock_wall_ms());
 	int rc = sqlite3_step(s);
 	sqlite3_reset(s);
 	if (rc != SQLITE_DONE) {
-		snprintf(reason, size, "cannot record file: %s", sqlite3_errmsg(ig->d->st->db));
+		snprintf(reason, size, "cannot record file: %s", sqlite3_errmsg(ig->st->db));
 		return -EIO;
 	}
-	j->file_id = sqlite3_last_insert_rowid(ig->d->st->db);
+	j->file_id = sqlite3_last_insert_rowid(ig->st->db);
 	if (seen) {
 		j->phase = PH_FINISH;
 		return 1;
 	}
-	j->phase = j->req.src->strict ? PH_VALIDATE : PH_STAGE;
-	return start_rows(ig, j, 0, 1, reason, size) < 0 ? -EINVAL : 1;
+	j->phase = PH_HEADER;
+	j->after_header = j->req.src->strict ? PH_VALIDATE : PH_STAGE;
+	return 1;
+}
+
+/* Maps the header and positions the reader for the next step. Returns 1 to go
+ * on, -EINVAL (the file cannot be used), or -EIO / -ENOMEM (retry later). */
+static int phase_header(struct ingest *ig, struct job *j, char *reason, size_t size)
+{
+	int r = start_rows(ig, j, j->start_offset, j->start_line ? j->start_line : 1, reason, size);
+	if (r < 0)
+		return r == -EIO || r == -ENOMEM ? r : -EINVAL;
+	j->phase = j->after_header;
+	return 1;
 }
 
 /* strict: every row must be good before any is staged. */
 static int phase_validate(struct ingest *ig, struct job *j, char *reason, size_t size)
 {
-	int64_t start = mono_ms();
-	for (int n = 0; n < SLICE_ROWS * 4 && mono_ms() - start < SLICE_MS; n++) {
+	int64_t start = clock_mono_ms();
+	for (int n = 0; n < SLICE_ROWS * 4 && clock_mono_ms() - start < SLICE_MS; n++) {
 		struct csv_record rec;
 		int r = csv_next(j->csv, &rec);
 		if (r < 0) {
@@ -556,8 +554,11 @@ static int phase_validate(struct ingest *ig, struct job *j, char *reason, size_t
 					 (long long)j->invalid);
 				return -EINVAL;
 			}
-			j->phase = PH_STAGE;
-			return start_rows(ig, j, 0, 1, reason, size) < 0 ? -EINVAL : 1;
+			j->phase = PH_HEADER;
+			j->after_header = PH_STAGE;
+			j->start_offset = 0;
+			j->start_line = 1;
+			return 1;
 		}
 		const char *why = check_row(ig, j, &rec);
 		if (why) {
@@ -575,7 +576,7 @@ static int phase_validate(struct ingest *ig, struct job *j, char *reason, size_t
 
 static int update_checkpoint(struct ingest *ig, struct job *j, off_t offset, uint64_t line, bool done)
 {
-	sqlite3_stmt *s = store_stmt(ig->d->st,
+	sqlite3_stmt *s = store_stmt(ig->st,
 				     "UPDATE ingested_files SET offset = ?2, line = ?3, rows = ?4, staged = ?5, rejected = ?6,"
 				     " state = ?7, finished_at = ?8, known = ?9, missing = ?10 WHERE id = ?1");
 	if (!s)
@@ -588,17 +589,14 @@ static int update_checkpoint(struct ingest *ig, struct job *j, off_t offset, uin
 	sqlite3_bind_int64(s, 6, j->rejected);
 	sqlite3_bind_text(s, 7, done ? "done" : "staging", -1, SQLITE_STATIC);
 	if (done)
-		sqlite3_bind_int64(s, 8, now_ms());
+		sqlite3_bind_int64(s, 8, clock_wall_ms());
 	sqlite3_bind_int64(s, 9, j->known);
 	if (done && j->req.src->type == SOURCE_SNAPSHOT) {
 		/* The source's profiles that this version no longer has. Target cannot
 		 * clear them, so they are only counted (tpsyncctl sources). */
-		sqlite3_stmt *c = store_stmt(ig->d->st, "SELECT count(*) FROM profiles WHERE source = ?");
-		if (!c)
+		int64_t total = stage_source_profiles(ig->st, j->req.src->name);
+		if (total < 0)
 			return -EIO;
-		sqlite3_bind_text(c, 1, j->req.src->name, -1, SQLITE_STATIC);
-		int64_t total = sqlite3_step(c) == SQLITE_ROW ? sqlite3_column_int64(c, 0) : 0;
-		sqlite3_reset(c);
 		j->req.stats->profiles_missing = total > j->known ? total - j->known : 0;
 		sqlite3_bind_int64(s, 10, j->req.stats->profiles_missing);
 	}
@@ -612,11 +610,11 @@ static int update_checkpoint(struct ingest *ig, struct job *j, off_t offset, uin
  * archived or deleted. */
 static int sync_done(struct ingest *ig, struct job *j)
 {
-	sqlite3_stmt *s = store_stmt(ig->d->st, "UPDATE ingested_files SET finished_at = ?2 WHERE id = ?1");
+	sqlite3_stmt *s = store_stmt(ig->st, "UPDATE ingested_files SET finished_at = ?2 WHERE id = ?1");
 	if (!s)
 		return -EIO;
 	sqlite3_bind_int64(s, 1, j->file_id);
-	sqlite3_bind_int64(s, 2, now_ms());
+	sqlite3_bind_int64(s, 2, clock_wall_ms());
 	int rc = sqlite3_step(s);
 	sqlite3_reset(s);
 	return rc == SQLITE_DONE ? 0 : -EIO;
@@ -626,8 +624,8 @@ static int sync_done(struct ingest *ig, struct job *j)
  * on, -EIO/-ENOSPC to retry the slice later, other negatives to fail the file. */
 static int phase_stage(struct ingest *ig, struct job *j, char *reason, size_t size)
 {
-	struct store *st = ig->d->st;
-	int64_t start = mono_ms();
+	struct store *st = ig->st;
+	int64_t start = clock_mono_ms();
 	int64_t rows = j->rows, staged = j->staged, rejected = j->rejected, known = j->known;
 	int64_t stat_rows = j->req.stats->rows_read, stat_staged = j->req.stats->rows_staged,
 		stat_rejected = j->req.stats->rows_rejected;
@@ -676,7 +674,7 @@ static int phase_stage(struct ingest *ig, struct job *j, char *reason, size_t si
 		}
 		if (why && record_reject(ig, j, &rec, why) < 0)
 			goto db_error;
-		if ((n & 63) == 63 && mono_ms() - start >= SLICE_MS)
+		if ((n & 63) == 63 && clock_mono_ms() - start >= SLICE_MS)
 			break;
 	}
 	if (done) {
@@ -697,7 +695,7 @@ static int phase_stage(struct ingest *ig, struct job *j, char *reason, size_t si
 	j->req.stats->current_rows = j->rows;
 	j->req.stats->current_bytes = offset;
 	if (j->staged > staged)
-		daemon_progress(ig->d);
+		progress(ig);
 	if (done)
 		j->phase = PH_FINISH;
 	return 1;
@@ -730,7 +728,7 @@ static void finish_job(struct ingest *ig, struct job *j, int result)
 		crash_point("before-archive");
 		dispose_file(ig, j);
 		stats->files++;
-		stats->last_file_at = now_ms();
+		stats->last_file_at = clock_wall_ms();
 		snprintf(stats->last_file, sizeof(stats->last_file), "%s", base_name(j->req.path));
 		log_info("msg=\"file ingested\" source=%s file=\"%s\" rows=%lld staged=%lld rejected=%lld",
 			 j->req.src->name, j->req.path, (long long)j->rows, (long long)j->staged,
@@ -749,7 +747,7 @@ static void finish_job(struct ingest *ig, struct job *j, int result)
 			log_err("msg=\"cannot queue changed file again\"");
 	}
 	job_free(j);
-	daemon_progress(ig->d);
+	progress(ig);
 }
 
 static void on_retry(evutil_socket_t fd, short what, void *arg)
@@ -763,7 +761,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 {
 	struct ingest *ig = arg;
 	char reason[512] = "";
-	if (ig->is_paused || ig->d->is_stopping)
+	if (ig->is_paused || ig->is_stopping)
 		return;
 	if (!ig->active) {
 		ig->active = ig->head;
@@ -776,7 +774,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 		stats->is_busy = true;
 		stats->current_rows = 0;
 		stats->current_bytes = 0;
-		stats->current_started_at = now_ms();
+		stats->current_started_at = clock_wall_ms();
 		snprintf(stats->current, sizeof(stats->current), "%s", base_name(ig->active->req.path));
 	}
 	struct job *j = ig->active;
@@ -788,6 +786,9 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 		break;
 	case PH_HASH:
 		r = phase_hash(ig, j, reason, sizeof(reason));
+		break;
+	case PH_HEADER:
+		r = phase_header(ig, j, reason, sizeof(reason));
 		break;
 	case PH_VALIDATE:
 		r = phase_validate(ig, j, reason, sizeof(reason));
@@ -804,7 +805,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 		log_err("msg=\"ingestion held back\" source=%s file=\"%s\" reason=\"%s\"", j->req.src->name,
 			j->req.path, reason[0] ? reason : strerror(-r));
 		snprintf(j->req.stats->last_error, sizeof(j->req.stats->last_error), "%s", reason);
-		snprintf(ig->d->last_error, sizeof(ig->d->last_error), "ingestion held back: %s", reason);
+		snprintf(ig->held_back, sizeof(ig->held_back), "%s", reason[0] ? reason : strerror(-r));
 		ig->is_paused = true;
 		struct timeval tv = { 2, 0 };
 		if (event_add(ig->retry, &tv) < 0)
@@ -822,27 +823,31 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 		else
 			finish_job(ig, j, 0);
 	}
-	if (ig->d->last_error[0] && strncmp(ig->d->last_error, "ingestion held back", 19) == 0)
-		ig->d->last_error[0] = '\0';
+	ig->held_back[0] = '\0';
 	schedule(ig);
 }
 
-struct ingest *ingest_create(struct daemon *d)
+struct ingest *ingest_create(struct event_base *base, struct store *st, const char *rejects_dir,
+			     const struct ingest_listener *l, void *arg)
 {
 	struct ingest *ig = calloc(1, sizeof(*ig));
 	if (!ig)
 		return NULL;
-	ig->d = d;
+	ig->base = base;
+	ig->st = st;
+	ig->rejects_dir = rejects_dir;
+	ig->l = l;
+	ig->arg = arg;
 	ig->hash_buf = malloc(HASH_CHUNK);
-	ig->tick = event_new(d->base, -1, 0, on_tick, ig);
-	ig->retry = evtimer_new(d->base, on_retry, ig);
+	ig->tick = event_new(base, -1, 0, on_tick, ig);
+	ig->retry = evtimer_new(base, on_retry, ig);
 	if (!ig->hash_buf || !ig->tick || !ig->retry) {
 		ingest_destroy(ig);
 		return NULL;
 	}
 	/* Below the control socket and the sender, so they are served between slices. */
 	event_priority_set(ig->tick, 2);
-	stage_init(&ig->sg, d->st);
+	stage_init(&ig->sg, st);
 	attrset_init(&ig->incoming);
 	return ig;
 }
@@ -905,4 +910,20 @@ void ingest_set_paused(struct ingest *ig, bool paused)
 {
 	ig->is_paused = paused;
 	schedule(ig);
+}
+
+void ingest_stop(struct ingest *ig)
+{
+	ig->is_stopping = true;
+}
+
+const char *ingest_held_back(const struct ingest *ig)
+{
+	return ig->held_back[0] ? ig->held_back : NULL;
+}
+
+int64_t ingest_profiles_missing(struct ingest *ig, const char *source)
+{
+	return store_int(ig->st, "SELECT missing FROM ingested_files WHERE source = ? AND state = 'done'"
+				 " AND missing IS NOT NULL ORDER BY id DESC LIMIT 1", 0, "t", source);
 }

@@ -8,26 +8,11 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "daemon.h"
+#include <event2/event.h>
 
-/* Per-source counters, shown by tpsyncctl sources. */
-struct source_stats {
-	int64_t files;          /* files fully ingested since start */
-	int64_t files_failed;
-	int64_t rows_read;
-	int64_t rows_staged;    /* rows that changed something */
-	int64_t rows_rejected;
-	int64_t last_file_at;
-	int64_t profiles_missing; /* snapshots: this source's profiles absent from the last version */
-	char last_file[256];
-	char last_error[512];
-	/* the file being ingested now, if any */
-	bool is_busy;
-	char current[256];
-	int64_t current_rows;
-	int64_t current_started_at;
-	int64_t current_bytes, current_size;
-};
+#include "config.h"
+#include "source_stats.h"
+#include "store.h"
 
 /* What to do with a file once its rows are durable. */
 enum ingest_disposition { INGEST_ARCHIVE, INGEST_DELETE, INGEST_KEEP };
@@ -41,18 +26,17 @@ struct ingest_request {
 	void *done_arg;
 };
 
-/* True when name is a plain Target parameter name (letters, digits, '_', '-',
- * '.', at most 128 bytes). */
-bool attr_name_valid(const char *name, size_t len);
-/* The attribute a source's column becomes: renamed by columns:, NULL when
- * exclude: drops it, else the column's own name. */
-const char *column_attr_name(const struct source_config *src, const char *col);
-/* Why Target would not accept id as a profile id (empty, over 128 bytes, '+',
- * '/' or a control character), or NULL when it is fine. */
-const char *profile_id_problem(const char *id, size_t len);
+struct ingest_listener {
+	/* Rows were staged, or a file is done: the sender may have work, and
+	 * --once may be done. */
+	void (*progress)(void *arg);
+};
 
-/* Creates the ingestion queue on d's loop. Returns NULL on ENOMEM. */
-struct ingest *ingest_create(struct daemon *d);
+/* Creates the ingestion queue on base over the state database st. A dry run
+ * passes rejects_dir, where NAME.rejects.csv files go instead of beside the
+ * file (NULL otherwise). Returns NULL on ENOMEM. */
+struct ingest *ingest_create(struct event_base *base, struct store *st, const char *rejects_dir,
+			     const struct ingest_listener *l, void *arg);
 /* Drops queued files (they stay in place and are found again at the next start)
  * and frees the queue; a file in progress keeps its committed checkpoint. */
 void ingest_destroy(struct ingest *ig);
@@ -62,7 +46,16 @@ void ingest_destroy(struct ingest *ig);
 int ingest_enqueue(struct ingest *ig, const struct ingest_request *req);
 /* True when no file is queued or being ingested. */
 bool ingest_is_idle(const struct ingest *ig);
-/* Pauses or resumes taking new slices (e.g. while the disk is full). */
+/* Pauses or resumes taking new slices. */
 void ingest_set_paused(struct ingest *ig, bool paused);
+/* Shutting down: no slice is started any more (the current file keeps its
+ * committed checkpoint). */
+void ingest_stop(struct ingest *ig);
+/* Why ingestion is waiting to retry (a full disk, a busy state database), or
+ * NULL when it is not. */
+const char *ingest_held_back(const struct ingest *ig);
+/* The count of source's profiles missing from its last complete snapshot (0
+ * when none is known), which survives restarts. */
+int64_t ingest_profiles_missing(struct ingest *ig, const char *source);
 
 #endif

@@ -37,8 +37,8 @@
 
 #include "backoff.h"
 #include "buf.h"
-#include "csv.h"
 #include "log.h"
+#include "utf8.h"
 
 #define PG_SLICE_ROWS 2000
 #define PG_CONNECT_TIMEOUT_MS 15000
@@ -76,7 +76,7 @@ struct pg_source {
 	struct event *soon;     /* the next slice (or reconnection) */
 	struct event *poll;     /* every `poll` */
 	struct event *deadline; /* connecting took too long */
-	struct db_mapping map;
+	struct source_db_map map;
 	Oid *types;             /* the slice result's column types */
 	const char *cursor_min; /* $1 when reading from the start */
 	char *cursor, *last_id; /* where reading continues (NULL: from the start) */
@@ -106,15 +106,16 @@ static const char *one_line(const char *msg, char *out, size_t size)
 
 static void schedule(struct source *s, int64_t ms)
 {
+	struct pg_source *x = s->state;
 	struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
-	if (!evtimer_pending(s->pg->soon, NULL) && evtimer_add(s->pg->soon, &tv) < 0)
+	if (!evtimer_pending(x->soon, NULL) && evtimer_add(x->soon, &tv) < 0)
 		log_err("msg=\"cannot arm timer\" source=%s", s->cfg->name);
 }
 
 /* Waits for the socket to become readable (and writable while output is queued). */
 static int arm(struct source *s, short what)
 {
-	struct pg_source *x = s->pg;
+	struct pg_source *x = s->state;
 	if (x->io) {
 		event_free(x->io);
 		x->io = NULL;
@@ -122,7 +123,7 @@ static int arm(struct source *s, short what)
 	int fd = PQsocket(x->conn);
 	if (fd < 0)
 		return -EBADF;
-	x->io = event_new(s->d->base, fd, what, on_io, s);
+	x->io = event_new(s->env->base, fd, what, on_io, s);
 	if (!x->io || event_add(x->io, NULL) < 0) {
 		log_err("msg=\"cannot watch the database connection\" source=%s", s->cfg->name);
 		return -ENOMEM;
@@ -134,10 +135,10 @@ static int arm(struct source *s, short what)
  * shown as the source's last error. */
 static void fail(struct source *s, const char *why)
 {
-	struct pg_source *x = s->pg;
+	struct pg_source *x = s->state;
 	char line[512];
 	one_line(why, line, sizeof(line));
-	db_note(s, "%s", line);
+	source_db_note(s, "%s", line);
 	x->failures++;
 	int64_t delay = backoff_delay(PG_BACKOFF_INITIAL_MS, PG_BACKOFF_MAX_MS, x->failures, backoff_random());
 	log_warn("msg=\"database source unavailable; retrying\" source=%s error=\"%s\" attempt=%u retry_in_ms=%lld",
@@ -159,7 +160,7 @@ static void fail(struct source *s, const char *why)
 /* Sends what libpq has queued and waits for the answer. */
 static void sent(struct source *s, enum pg_step step)
 {
-	struct pg_source *x = s->pg;
+	struct pg_source *x = s->state;
 	x->step = step;
 	x->is_cmd_open = true;
 	int r = PQflush(x->conn);
@@ -188,14 +189,14 @@ static int read_password(struct source *s, char *out, size_t size)
 		int e = errno;
 		if (!must_exist && e == ENOENT)
 			return 0;
-		db_note(s, "cannot read password file %s: %s", path, strerror(e));
+		source_db_note(s, "cannot read password file %s: %s", path, strerror(e));
 		return -e;
 	}
 	size_t n = fread(out, 1, size - 1, f);
 	bool is_error = ferror(f) != 0;
 	fclose(f);
 	if (is_error) {
-		db_note(s, "cannot read password file %s", path);
+		source_db_note(s, "cannot read password file %s", path);
 		return -EIO;
 	}
 	out[n] = '\0';
@@ -216,7 +217,7 @@ static void on_notice(void *arg, const char *message)
 
 static void start_connect(struct source *s)
 {
-	struct pg_source *x = s->pg;
+	struct pg_source *x = s->state;
 	char password[1024];
 	int have = read_password(s, password, sizeof(password));
 	if (have < 0) {
@@ -252,7 +253,7 @@ static char *quote_ident(struct pg_source *x, const char *name)
 /* Sets up the session so values come out in one fixed form, and LISTENs. */
 static void send_setup(struct source *s)
 {
-	struct pg_source *x = s->pg;
+	struct pg_source *x = s->state;
 	char *listen = NULL;
 	if (s->cfg->listen && !(listen = quote_ident(x, s->cfg->listen))) {
 		fail(s, PQerrorMessage(x->conn));
@@ -310,7 +311,7 @@ oom:
  * planner can walk an index on (cursor, id) either way. */
 static void send_prepare(struct source *s, bool after)
 {
-	struct pg_source *x = s->pg;
+	struct pg_source *x = s->state;
 	char *user = rewrite_cursor(s->cfg->query);
 	char *cur = quote_ident(x, s->cfg->cursor_column), *id = quote_ident(x, s->cfg->id_column);
 	char *sql = NULL;
@@ -337,8 +338,9 @@ static void send_prepare(struct source *s, bool after)
 
 static void send_describe(struct source *s)
 {
-	if (!PQsendDescribePrepared(s->pg->conn, PG_AFTER)) {
-		fail(s, PQerrorMessage(s->pg->conn));
+	struct pg_source *x = s->state;
+	if (!PQsendDescribePrepared(x->conn, PG_AFTER)) {
+		fail(s, PQerrorMessage(x->conn));
 		return;
 	}
 	sent(s, PG_DESCRIBE);
@@ -380,14 +382,14 @@ static const char *field_name(void *res, int c)
  * with the reason noted. */
 static int describe(struct source *s, PGresult *res)
 {
-	struct pg_source *x = s->pg;
+	struct pg_source *x = s->state;
 	int n = PQnfields(res);
 	if (PQnparams(res) < 1 || !(x->cursor_min = cursor_minimum(PQparamtype(res, 0)))) {
-		db_note(s, "the :cursor parameter has type oid %u; use an integer, numeric, real, timestamp, date or "
+		source_db_note(s, "the :cursor parameter has type oid %u; use an integer, numeric, real, timestamp, date or "
 			   "text cursor_column", PQnparams(res) < 1 ? 0 : PQparamtype(res, 0));
 		return -EINVAL;
 	}
-	int r = db_mapping_build(s, &x->map, n, field_name, res);
+	int r = source_db_map_build(s, &x->map, n, field_name, res);
 	if (r < 0)
 		return r;
 	free(x->types);
@@ -395,7 +397,7 @@ static int describe(struct source *s, PGresult *res)
 	x->types = calloc((size_t)n + 1, sizeof(*x->types));
 	x->vals = calloc((size_t)n + 1, sizeof(*x->vals));
 	if (!x->types || !x->vals) {
-		db_note(s, "out of memory");
+		source_db_note(s, "out of memory");
 		return -ENOMEM;
 	}
 	for (int c = 0; c < n; c++)
@@ -417,21 +419,21 @@ static int set_position(struct pg_source *x, const char *cursor, const char *id)
 
 static int load_position(struct source *s)
 {
-	sqlite3_stmt *q = db_position_load(s);
+	sqlite3_stmt *q = source_db_position_load(s);
 	if (!q)
 		return -EIO;
 	int r = 0;
 	if (sqlite3_step(q) == SQLITE_ROW && sqlite3_column_type(q, 0) != SQLITE_NULL)
-		r = set_position(s->pg, (const char *)sqlite3_column_text(q, 0), (const char *)sqlite3_column_text(q, 1));
+		r = set_position(s->state, (const char *)sqlite3_column_text(q, 0), (const char *)sqlite3_column_text(q, 1));
 	else
-		r = set_position(s->pg, NULL, NULL);
+		r = set_position(s->state, NULL, NULL);
 	sqlite3_reset(q);
 	return r;
 }
 
 static void send_slice(struct source *s)
 {
-	struct pg_source *x = s->pg;
+	struct pg_source *x = s->state;
 	bool from_start = x->is_from_start || !x->cursor;
 	const char *params[2] = { from_start ? x->cursor_min : x->cursor, x->last_id };
 	x->want_read = false;
@@ -489,8 +491,8 @@ static const char *convert(struct pg_source *x, PGresult *res, int row, int c, s
 /* Stages one slice's rows and its new position in one state transaction. */
 static int stage_slice(struct source *s, PGresult *res)
 {
-	struct pg_source *x = s->pg;
-	struct db_mapping *m = &x->map;
+	struct pg_source *x = s->state;
+	struct source_db_map *m = &x->map;
 	int rows = PQntuples(res), r;
 	if (rows == 0) {
 		x->is_from_start = false;
@@ -498,10 +500,10 @@ static int stage_slice(struct source *s, PGresult *res)
 		return 0;
 	}
 	if (PQnfields(res) != m->n_cols) {
-		db_note(s, "the query's columns changed while running");
+		source_db_note(s, "the query's columns changed while running");
 		return -EINVAL;
 	}
-	if ((r = db_slice_begin(s)) < 0)
+	if ((r = source_db_slice_begin(s)) < 0)
 		return r;
 	for (int row = 0; row < rows && r == 0; row++) {
 		const char *why = NULL;
@@ -520,25 +522,25 @@ static int stage_slice(struct source *s, PGresult *res)
 				why = "out of memory";
 		}
 		const char *id = PQgetisnull(res, row, m->id_col) ? NULL : PQgetvalue(res, row, m->id_col);
-		r = db_stage_row(s, m, id, id ? (size_t)PQgetlength(res, row, m->id_col) : 0, why);
+		r = source_db_stage_row(s, m, id, id ? (size_t)PQgetlength(res, row, m->id_col) : 0, why);
 	}
 	/* The position reached: the last row's (cursor, id), committed with the rows. */
 	const char *cur = PQgetvalue(res, rows - 1, m->cursor_col), *id = PQgetvalue(res, rows - 1, m->id_col);
 	if (r == 0 && PQgetisnull(res, rows - 1, m->cursor_col)) {
-		db_note(s, "cursor_column \"%s\" is NULL in a row; it must always have a value", s->cfg->cursor_column);
+		source_db_note(s, "cursor_column \"%s\" is NULL in a row; it must always have a value", s->cfg->cursor_column);
 		r = -EINVAL;
 	}
 	if (r == 0) {
-		sqlite3_stmt *u = db_position_stmt(s);
+		sqlite3_stmt *u = source_db_position_stmt(s);
 		if (!u) {
 			r = -EIO;
 		} else {
 			sqlite3_bind_text(u, 2, cur, -1, SQLITE_STATIC);
 			sqlite3_bind_text(u, 3, id, -1, SQLITE_STATIC);
-			r = db_position_save(u);
+			r = source_db_position_save(s, u);
 		}
 	}
-	r = db_slice_end(s, r, rows);
+	r = source_db_slice_end(s, r, rows);
 	if (r < 0) {
 		load_position(s); /* the slice is read again */
 		return r;
@@ -546,15 +548,15 @@ static int stage_slice(struct source *s, PGresult *res)
 	x->is_from_start = false;
 	x->slice_rows = rows;
 	if ((r = set_position(x, cur, id)) == 0)
-		db_note_position(s, cur, id);
+		source_db_note_position(s, cur, id);
 	return r;
 }
 
 /* A read was asked for (a notification, the poll, a rescan, a full slice). */
 static void want_read(struct source *s)
 {
-	struct pg_source *x = s->pg;
-	if (x->step == PG_IDLE && !s->d->is_stopping)
+	struct pg_source *x = s->state;
+	if (x->step == PG_IDLE && !s->env->is_stopping)
 		send_slice(s);
 	else
 		x->want_read = true;
@@ -565,7 +567,7 @@ static void want_read(struct source *s)
 /* One result of the open command. Returns 0, or -1 after fail(). */
 static int on_result(struct source *s, PGresult *res)
 {
-	struct pg_source *x = s->pg;
+	struct pg_source *x = s->state;
 	ExecStatusType st = PQresultStatus(res);
 	bool is_ok = st == PGRES_COMMAND_OK || (x->step == PG_READING && st == PGRES_TUPLES_OK);
 	if (!is_ok) {
@@ -589,7 +591,7 @@ static int on_result(struct source *s, PGresult *res)
 /* The open command finished: on to the next step. */
 static void on_done(struct source *s)
 {
-	struct pg_source *x = s->pg;
+	struct pg_source *x = s->state;
 	x->is_cmd_open = false;
 	switch (x->step) {
 	case PG_SETUP:
@@ -604,7 +606,7 @@ static void on_done(struct source *s)
 	case PG_DESCRIBE:
 		x->step = PG_IDLE;
 		x->failures = 0;
-		if (s->stats.last_error[0] && !db_is_row_note(s))
+		if (s->stats.last_error[0] && !s->stats.is_row_error)
 			s->stats.last_error[0] = '\0';
 		log_info("msg=\"database source connected\" source=%s listen=%s", s->cfg->name,
 			 s->cfg->listen ? s->cfg->listen : "-");
@@ -616,7 +618,7 @@ static void on_done(struct source *s)
 			schedule(s, 0); /* more may follow; let the loop breathe between slices */
 		} else {
 			x->is_caught_up = true;
-			daemon_progress(s->d); /* --once may be waiting for this */
+			source_progress(s); /* --once may be waiting for this */
 		}
 		break;
 	default:
@@ -628,7 +630,7 @@ static void on_done(struct source *s)
 
 static void on_connecting(struct source *s)
 {
-	struct pg_source *x = s->pg;
+	struct pg_source *x = s->state;
 	switch (PQconnectPoll(x->conn)) {
 	case PGRES_POLLING_READING:
 		if (arm(s, EV_READ) < 0)
@@ -655,7 +657,7 @@ static void on_connecting(struct source *s)
 static void on_io(evutil_socket_t fd, short what, void *arg)
 {
 	struct source *s = arg;
-	struct pg_source *x = s->pg;
+	struct pg_source *x = s->state;
 	if (x->step == PG_CONNECTING) {
 		on_connecting(s);
 		return;
@@ -705,9 +707,10 @@ static void on_io(evutil_socket_t fd, short what, void *arg)
 static void on_soon(evutil_socket_t fd, short what, void *arg)
 {
 	struct source *s = arg;
-	if (s->d->is_stopping)
+	struct pg_source *x = s->state;
+	if (s->env->is_stopping)
 		return;
-	if (s->pg->step == PG_DOWN)
+	if (x->step == PG_DOWN)
 		start_connect(s);
 	else
 		want_read(s);
@@ -716,56 +719,62 @@ static void on_soon(evutil_socket_t fd, short what, void *arg)
 static void on_poll(evutil_socket_t fd, short what, void *arg)
 {
 	struct source *s = arg;
-	if (s->pg->step != PG_DOWN)
+	struct pg_source *x = s->state;
+	if (x->step != PG_DOWN)
 		want_read(s);
 }
 
 static void on_deadline(evutil_socket_t fd, short what, void *arg)
 {
 	struct source *s = arg;
-	if (s->pg->step == PG_CONNECTING)
+	struct pg_source *x = s->state;
+	if (x->step == PG_CONNECTING)
 		fail(s, "connecting timed out");
 }
 
 /* --- lifecycle ------------------------------------------------------------------- */
 
-int pg_source_watch(struct source *s)
+static int pg_watch(struct source *s)
 {
 	struct pg_source *x = calloc(1, sizeof(*x));
 	if (!x)
 		return -ENOMEM;
-	s->pg = x;
-	db_mapping_init(&x->map, s->d->st);
+	s->state = x;
+	source_db_map_init(&x->map, s->env->st);
 	buf_init(&x->converted);
-	x->soon = evtimer_new(s->d->base, on_soon, s);
-	x->deadline = evtimer_new(s->d->base, on_deadline, s);
-	x->poll = event_new(s->d->base, -1, EV_PERSIST, on_poll, s);
+	x->soon = evtimer_new(s->env->base, on_soon, s);
+	x->deadline = evtimer_new(s->env->base, on_deadline, s);
+	x->poll = event_new(s->env->base, -1, EV_PERSIST, on_poll, s);
 	struct timeval every = { s->cfg->poll_ms / 1000, (s->cfg->poll_ms % 1000) * 1000 };
 	if (!x->soon || !x->deadline || !x->poll || event_add(x->poll, &every) < 0)
 		return -ENOMEM;
-	if (load_position(s) < 0)
+	if (load_position(s) < 0) {
+		source_db_note(s, "cannot read the source's position: %s", store_error(s->env->st));
 		return -EIO;
+	}
 	schedule(s, 0); /* connect from the loop */
 	return 0;
 }
 
-int pg_source_scan(struct source *s, bool from_start)
+static int pg_scan(struct source *s, bool from_start)
 {
+	struct pg_source *x = s->state;
 	if (from_start)
-		s->pg->is_from_start = true;
-	if (s->pg->step != PG_DOWN)
+		x->is_from_start = true;
+	if (x->step != PG_DOWN)
 		want_read(s);
 	return 0;
 }
 
-bool pg_source_is_caught_up(const struct source *s)
+static bool pg_is_caught_up(const struct source *s)
 {
-	return s->pg->step == PG_IDLE && s->pg->is_caught_up && !evtimer_pending(s->pg->soon, NULL);
+	const struct pg_source *x = s->state;
+	return x->step == PG_IDLE && x->is_caught_up && !evtimer_pending(x->soon, NULL);
 }
 
-void pg_source_close(struct source *s)
+static void pg_close(struct source *s)
 {
-	struct pg_source *x = s->pg;
+	struct pg_source *x = s->state;
 	if (!x)
 		return;
 	if (x->io)
@@ -777,12 +786,19 @@ void pg_source_close(struct source *s)
 	if (x->poll)
 		event_free(x->poll);
 	PQfinish(x->conn);
-	db_mapping_finish(&x->map);
+	source_db_map_finish(&x->map);
 	buf_finish(&x->converted);
 	free(x->types);
 	free(x->vals);
 	free(x->cursor);
 	free(x->last_id);
 	free(x);
-	s->pg = NULL;
+	s->state = NULL;
 }
+
+const struct source_ops source_pg_ops = {
+	.watch = pg_watch,
+	.scan = pg_scan,
+	.is_caught_up = pg_is_caught_up,
+	.close = pg_close,
+};

@@ -6,7 +6,6 @@
 
 #include <dirent.h>
 #include <errno.h>
-#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,7 +13,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "fswatch.h"
 #include "log.h"
+
+struct spool {
+	int inotify_fd;
+	struct event *ev;
+};
 
 static bool ends_with(const char *s, const char *suffix)
 {
@@ -42,9 +47,9 @@ static int queue_file(struct source *s, const char *name)
 		.path = path,
 		.src = s->cfg,
 		.stats = &s->stats,
-		.after = s->d->dry_run_dir ? INGEST_KEEP : s->cfg->after == AFTER_DELETE ? INGEST_DELETE : INGEST_ARCHIVE,
+		.after = s->env->is_dry_run ? INGEST_KEEP : s->cfg->after == AFTER_DELETE ? INGEST_DELETE : INGEST_ARCHIVE,
 	};
-	return ingest_enqueue(s->d->ingest, &req);
+	return ingest_enqueue(s->env->ingest, &req);
 }
 
 static int compare_names(const void *a, const void *b)
@@ -52,15 +57,14 @@ static int compare_names(const void *a, const void *b)
 	return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-int spool_scan(struct source *s)
+static int spool_scan(struct source *s, bool from_start)
 {
 	DIR *dir = opendir(s->cfg->path);
 	if (!dir) {
 		int r = -errno;
-		log_err("msg=\"cannot read spool directory\" source=%s path=\"%s\" error=\"%s\"", s->cfg->name,
-			s->cfg->path, strerror(-r));
 		snprintf(s->stats.last_error, sizeof(s->stats.last_error), "cannot read %s: %s", s->cfg->path,
 			 strerror(-r));
+		s->stats.is_row_error = false;
 		return r;
 	}
 	char **names = NULL;
@@ -98,15 +102,19 @@ int spool_scan(struct source *s)
 	return r;
 }
 
-static void on_event(struct source *s, const struct inotify_event *ev, void *arg)
+static void on_event(void *arg, const struct inotify_event *ev)
 {
+	struct source *s = arg;
 	if (ev->mask & IN_Q_OVERFLOW) {
 		log_warn("msg=\"inotify queue overflowed; rescanning\" source=%s", s->cfg->name);
-		spool_scan(s);
+		if (spool_scan(s, false) < 0)
+			log_err("msg=\"cannot rescan spool directory\" source=%s error=\"%s\"", s->cfg->name,
+				s->stats.last_error);
 	} else if (ev->mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED)) {
 		log_err("msg=\"spool directory went away\" source=%s path=\"%s\"", s->cfg->name, s->cfg->path);
 		snprintf(s->stats.last_error, sizeof(s->stats.last_error),
 			 "spool directory went away; rescan or reload after recreating it");
+		s->stats.is_row_error = false;
 	} else if (ev->len && is_candidate(ev->name) && !(ev->mask & IN_ISDIR) && queue_file(s, ev->name) < 0) {
 		log_err("msg=\"cannot queue file\" source=%s file=\"%s\"", s->cfg->name, ev->name);
 	}
@@ -114,28 +122,58 @@ static void on_event(struct source *s, const struct inotify_event *ev, void *arg
 
 static void on_inotify(evutil_socket_t fd, short what, void *arg)
 {
-	source_read_events(arg, on_event, NULL);
+	struct source *s = arg;
+	int r = fswatch_drain(fd, on_event, s);
+	if (r < 0)
+		log_err("msg=\"inotify read failed\" source=%s error=\"%s\"", s->cfg->name, strerror(-r));
 }
 
-int spool_watch(struct source *s)
+static int spool_watch(struct source *s)
 {
+	struct spool *x = calloc(1, sizeof(*x));
+	if (!x)
+		return -ENOMEM;
+	x->inotify_fd = -1;
+	s->state = x;
 	struct stat sb;
 	if (stat(s->cfg->path, &sb) < 0 || !S_ISDIR(sb.st_mode)) {
-		log_err("msg=\"spool path is not a directory\" source=%s path=\"%s\"", s->cfg->name, s->cfg->path);
+		snprintf(s->stats.last_error, sizeof(s->stats.last_error), "spool path %s is not a directory", s->cfg->path);
 		return -ENOTDIR;
 	}
-	s->inotify_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
-	if (s->inotify_fd < 0)
-		return -errno;
-	if (inotify_add_watch(s->inotify_fd, s->cfg->path,
-			      IN_CLOSE_WRITE | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR) < 0) {
+	x->inotify_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+	if (x->inotify_fd < 0) {
 		int r = -errno;
-		log_err("msg=\"cannot watch spool directory\" source=%s path=\"%s\" error=\"%s\"", s->cfg->name,
-			s->cfg->path, strerror(-r));
+		snprintf(s->stats.last_error, sizeof(s->stats.last_error), "inotify: %s", strerror(-r));
 		return r;
 	}
-	s->ev = event_new(s->d->base, s->inotify_fd, EV_READ | EV_PERSIST, on_inotify, s);
-	if (!s->ev || event_add(s->ev, NULL) < 0)
+	if (inotify_add_watch(x->inotify_fd, s->cfg->path,
+			      IN_CLOSE_WRITE | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR) < 0) {
+		int r = -errno;
+		snprintf(s->stats.last_error, sizeof(s->stats.last_error), "cannot watch %s: %s", s->cfg->path,
+			 strerror(-r));
+		return r;
+	}
+	x->ev = event_new(s->env->base, x->inotify_fd, EV_READ | EV_PERSIST, on_inotify, s);
+	if (!x->ev || event_add(x->ev, NULL) < 0)
 		return -ENOMEM;
 	return 0;
 }
+
+static void spool_close(struct source *s)
+{
+	struct spool *x = s->state;
+	if (!x)
+		return;
+	if (x->ev)
+		event_free(x->ev);
+	if (x->inotify_fd >= 0)
+		close(x->inotify_fd);
+	free(x);
+	s->state = NULL;
+}
+
+const struct source_ops source_spool_ops = {
+	.watch = spool_watch,
+	.scan = spool_scan,
+	.close = spool_close,
+};

@@ -24,8 +24,9 @@
 #include <sys/inotify.h>
 #include <unistd.h>
 
-#include "csv.h"
+#include "fswatch.h"
 #include "log.h"
+#include "utf8.h"
 
 #define SQLITE_SLICE_ROWS 2000
 #define SQLITE_RETRY_MS 200
@@ -34,7 +35,7 @@
 struct sqlite_source {
 	sqlite3 *db;
 	sqlite3_stmt *q;
-	struct db_mapping map;
+	struct source_db_map map;
 	size_t *offs, *lens;    /* the current row's values in `values`, per sent column */
 	int *cols;
 	struct event *poll, *soon;
@@ -43,21 +44,24 @@ struct sqlite_source {
 	sqlite3_value *last_id;
 	bool is_from_start;     /* a rescan: read everything once more */
 	bool is_caught_up;      /* the last read found nothing more */
+	int inotify_fd;         /* the database's directory */
+	struct event *ev;
 	char base[NAME_MAX + 1];
 };
 
 static void schedule(struct source *s, int64_t ms)
 {
+	struct sqlite_source *x = s->state;
 	struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
-	if (!evtimer_pending(s->sqlite->soon, NULL) && evtimer_add(s->sqlite->soon, &tv) < 0)
+	if (!evtimer_pending(x->soon, NULL) && evtimer_add(x->soon, &tv) < 0)
 		log_err("msg=\"cannot arm timer\" source=%s", s->cfg->name);
 }
 
 /* Loads (cursor, last_id) from the state database. */
 static int load_position(struct source *s)
 {
-	struct sqlite_source *x = s->sqlite;
-	sqlite3_stmt *q = db_position_load(s);
+	struct sqlite_source *x = s->state;
+	sqlite3_stmt *q = source_db_position_load(s);
 	if (!q)
 		return -EIO;
 	sqlite3_value_free(x->cursor);
@@ -78,10 +82,10 @@ static const char *column_name(void *q, int c)
 
 static int open_db(struct source *s)
 {
-	struct sqlite_source *x = s->sqlite;
+	struct sqlite_source *x = s->state;
 	char *sql = NULL;
 	if (sqlite3_open_v2(s->cfg->path, &x->db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK) {
-		db_note(s, "cannot open %s: %s", s->cfg->path, x->db ? sqlite3_errmsg(x->db) : "out of memory");
+		source_db_note(s, "cannot open %s: %s", s->cfg->path, x->db ? sqlite3_errmsg(x->db) : "out of memory");
 		goto fail;
 	}
 	/* Rows after (cursor, id) in that order; NULL cursor: from the beginning. */
@@ -91,11 +95,11 @@ static int open_db(struct source *s)
 		     s->cfg->query, s->cfg->cursor_column, s->cfg->cursor_column, s->cfg->id_column,
 		     s->cfg->cursor_column, s->cfg->id_column, SQLITE_SLICE_ROWS) < 0) {
 		sql = NULL;
-		db_note(s, "out of memory");
+		source_db_note(s, "out of memory");
 		goto fail;
 	}
 	if (sqlite3_prepare_v2(x->db, sql, -1, &x->q, NULL) != SQLITE_OK) {
-		db_note(s, "query: %s", sqlite3_errmsg(x->db));
+		source_db_note(s, "query: %s", sqlite3_errmsg(x->db));
 		goto fail;
 	}
 	free(sql);
@@ -105,10 +109,10 @@ static int open_db(struct source *s)
 	x->lens = calloc((size_t)n + 1, sizeof(*x->lens));
 	x->cols = calloc((size_t)n + 1, sizeof(*x->cols));
 	if (!x->offs || !x->lens || !x->cols) {
-		db_note(s, "out of memory");
+		source_db_note(s, "out of memory");
 		goto fail;
 	}
-	if (db_mapping_build(s, &x->map, n, column_name, x->q) < 0)
+	if (source_db_map_build(s, &x->map, n, column_name, x->q) < 0)
 		goto fail;
 	return 0;
 fail:
@@ -118,7 +122,7 @@ fail:
 	x->q = NULL;
 	sqlite3_close(x->db);
 	x->db = NULL;
-	db_mapping_reset(&x->map);
+	source_db_map_reset(&x->map);
 	free(x->offs);
 	free(x->lens);
 	free(x->cols);
@@ -168,12 +172,13 @@ static const char *column_value(struct sqlite_source *x, int c, size_t *off, siz
 
 static int save_position(struct source *s)
 {
-	sqlite3_stmt *u = db_position_stmt(s);
+	struct sqlite_source *x = s->state;
+	sqlite3_stmt *u = source_db_position_stmt(s);
 	if (!u)
 		return -EIO;
-	sqlite3_bind_value(u, 2, s->sqlite->cursor);
-	sqlite3_bind_value(u, 3, s->sqlite->last_id);
-	return db_position_save(u);
+	sqlite3_bind_value(u, 2, x->cursor);
+	sqlite3_bind_value(u, 3, x->last_id);
+	return source_db_position_save(s, u);
 }
 
 /* v as text for display (numbers formatted here, so v itself is not converted). */
@@ -197,7 +202,7 @@ static const char *value_text(sqlite3_value *v, char *out, size_t size)
  * follow), 0 when caught up, -EAGAIN when the source was locked, < 0 on errors. */
 static int read_slice(struct source *s)
 {
-	struct sqlite_source *x = s->sqlite;
+	struct sqlite_source *x = s->state;
 	int rows = 0, rc, r = 0;
 
 	if (!x->q && open_db(s) < 0)
@@ -217,10 +222,10 @@ static int read_slice(struct source *s)
 		sqlite3_bind_value(x->q, sqlite3_bind_parameter_index(x->q, ":tp_cursor"), from);
 		sqlite3_bind_value(x->q, sqlite3_bind_parameter_index(x->q, ":tp_id"), x->is_from_start ? NULL : x->last_id);
 	}
-	if ((r = db_slice_begin(s)) < 0)
+	if ((r = source_db_slice_begin(s)) < 0)
 		goto out;
 	while ((rc = sqlite3_step(x->q)) == SQLITE_ROW) {
-		struct db_mapping *m = &x->map;
+		struct source_db_map *m = &x->map;
 		rows++;
 		const char *id = (const char *)sqlite3_column_text(x->q, m->id_col);
 		size_t id_len = (size_t)sqlite3_column_bytes(x->q, m->id_col);
@@ -249,7 +254,7 @@ static int read_slice(struct source *s)
 		for (int i = 0; !why && i < n; i++)
 			if (attrset_put(&m->incoming, m->col_attr[cols[i]], x->values.data + offs[i], (uint32_t)lens[i]) < 0)
 				why = "out of memory";
-		r = db_stage_row(s, m, id, id_len, why);
+		r = source_db_stage_row(s, m, id, id_len, why);
 		if (r < 0)
 			break;
 		sqlite3_value_free(x->cursor);
@@ -264,19 +269,19 @@ static int read_slice(struct source *s)
 	if (r == 0 && rc == SQLITE_BUSY) {
 		r = -EAGAIN;
 	} else if (r == 0 && rc != SQLITE_DONE && rc != SQLITE_ROW) {
-		db_note(s, "query: %s", sqlite3_errmsg(x->db));
+		source_db_note(s, "query: %s", sqlite3_errmsg(x->db));
 		r = -EIO;
 	}
 	if (r == 0 && rows > 0)
 		r = save_position(s);
-	r = db_slice_end(s, r, rows);
+	r = source_db_slice_end(s, r, rows);
 	if (r < 0) {
 		load_position(s); /* the slice is read again */
 	} else {
 		x->is_from_start = false;
 		if (rows > 0) {
 			char cur[64], id[64];
-			db_note_position(s, value_text(x->cursor, cur, sizeof(cur)), value_text(x->last_id, id, sizeof(id)));
+			source_db_note_position(s, value_text(x->cursor, cur, sizeof(cur)), value_text(x->last_id, id, sizeof(id)));
 		}
 	}
 out:
@@ -287,12 +292,13 @@ out:
 static void on_read(evutil_socket_t fd, short what, void *arg)
 {
 	struct source *s = arg;
-	if (s->d->is_stopping)
+	struct sqlite_source *x = s->state;
+	if (s->env->is_stopping)
 		return;
 	int r = read_slice(s);
-	s->sqlite->is_caught_up = r == 0;
+	x->is_caught_up = r == 0;
 	if (r == 0)
-		daemon_progress(s->d); /* --once may be waiting for this */
+		source_progress(s); /* --once may be waiting for this */
 	if (r == 1) {
 		schedule(s, 0);
 	} else if (r == -EAGAIN) {
@@ -300,23 +306,28 @@ static void on_read(evutil_socket_t fd, short what, void *arg)
 	} else if (r < 0) {
 		log_err("msg=\"database source read failed\" source=%s error=\"%s\"", s->cfg->name, s->stats.last_error);
 		schedule(s, s->cfg->poll_ms);
-	} else if (s->stats.last_error[0] && !db_is_row_note(s)) {
+	} else if (s->stats.last_error[0] && !s->stats.is_row_error) {
 		s->stats.last_error[0] = '\0';
 	}
 }
 
-static void on_event(struct source *s, const struct inotify_event *ev, void *arg)
+static void on_event(void *arg, const struct inotify_event *ev)
 {
-	size_t bl = strlen(s->sqlite->base);
+	struct source *s = arg;
+	struct sqlite_source *x = s->state;
+	size_t bl = strlen(x->base);
 	/* The database, its WAL or its journal changed: read soon (debounced). */
-	if (ev->len && strncmp(ev->name, s->sqlite->base, bl) == 0 &&
+	if (ev->len && strncmp(ev->name, x->base, bl) == 0 &&
 	    (ev->name[bl] == '\0' || strcmp(ev->name + bl, "-wal") == 0 || strcmp(ev->name + bl, "-journal") == 0))
 		schedule(s, SQLITE_DEBOUNCE_MS);
 }
 
 static void on_inotify(evutil_socket_t fd, short what, void *arg)
 {
-	source_read_events(arg, on_event, NULL);
+	struct source *s = arg;
+	int r = fswatch_drain(fd, on_event, s);
+	if (r < 0)
+		log_err("msg=\"inotify read failed\" source=%s error=\"%s\"", s->cfg->name, strerror(-r));
 }
 
 static void on_poll(evutil_socket_t fd, short what, void *arg)
@@ -325,64 +336,73 @@ static void on_poll(evutil_socket_t fd, short what, void *arg)
 	schedule(s, 0);
 }
 
-int sqlite_source_watch(struct source *s)
+static int sqlite_watch(struct source *s)
 {
 	struct sqlite_source *x = calloc(1, sizeof(*x));
 	if (!x)
 		return -ENOMEM;
-	s->sqlite = x;
-	db_mapping_init(&x->map, s->d->st);
+	x->inotify_fd = -1;
+	s->state = x;
+	source_db_map_init(&x->map, s->env->st);
 	buf_init(&x->values);
 	char dir[PATH_MAX], name[PATH_MAX];
 	snprintf(dir, sizeof(dir), "%s", s->cfg->path);
 	snprintf(name, sizeof(name), "%s", s->cfg->path);
 	snprintf(x->base, sizeof(x->base), "%s", basename(name));
-	x->soon = evtimer_new(s->d->base, on_read, s);
-	x->poll = event_new(s->d->base, -1, EV_PERSIST, on_poll, s);
+	x->soon = evtimer_new(s->env->base, on_read, s);
+	x->poll = event_new(s->env->base, -1, EV_PERSIST, on_poll, s);
 	struct timeval every = { s->cfg->poll_ms / 1000, (s->cfg->poll_ms % 1000) * 1000 };
 	if (!x->soon || !x->poll || event_add(x->poll, &every) < 0)
 		return -ENOMEM;
-	if (load_position(s) < 0)
+	if (load_position(s) < 0) {
+		source_db_note(s, "cannot read the source's position: %s", store_error(s->env->st));
 		return -EIO;
+	}
 	/* Watching the directory sees the WAL and journal come and go. */
-	s->inotify_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
-	if (s->inotify_fd < 0 ||
-	    inotify_add_watch(s->inotify_fd, dirname(dir), IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE) < 0) {
+	x->inotify_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+	if (x->inotify_fd < 0 ||
+	    inotify_add_watch(x->inotify_fd, dirname(dir), IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE) < 0) {
 		log_warn("msg=\"cannot watch the database's directory; polling only\" source=%s error=\"%s\"", s->cfg->name,
 			 strerror(errno));
 		return 0;
 	}
-	s->ev = event_new(s->d->base, s->inotify_fd, EV_READ | EV_PERSIST, on_inotify, s);
-	if (!s->ev || event_add(s->ev, NULL) < 0)
+	x->ev = event_new(s->env->base, x->inotify_fd, EV_READ | EV_PERSIST, on_inotify, s);
+	if (!x->ev || event_add(x->ev, NULL) < 0)
 		return -ENOMEM;
 	return 0;
 }
 
-int sqlite_source_scan(struct source *s, bool from_start)
+static int sqlite_scan(struct source *s, bool from_start)
 {
+	struct sqlite_source *x = s->state;
 	if (from_start)
-		s->sqlite->is_from_start = true;
+		x->is_from_start = true;
 	schedule(s, 0);
 	return 0;
 }
 
-bool sqlite_source_is_caught_up(const struct source *s)
+static bool sqlite_is_caught_up(const struct source *s)
 {
-	return s->sqlite->is_caught_up && !evtimer_pending(s->sqlite->soon, NULL);
+	const struct sqlite_source *x = s->state;
+	return x->is_caught_up && !evtimer_pending(x->soon, NULL);
 }
 
-void sqlite_source_close(struct source *s)
+static void sqlite_close(struct source *s)
 {
-	struct sqlite_source *x = s->sqlite;
+	struct sqlite_source *x = s->state;
 	if (!x)
 		return;
 	if (x->soon)
 		event_free(x->soon);
 	if (x->poll)
 		event_free(x->poll);
+	if (x->ev)
+		event_free(x->ev);
+	if (x->inotify_fd >= 0)
+		close(x->inotify_fd);
 	sqlite3_finalize(x->q);
 	sqlite3_close(x->db);
-	db_mapping_finish(&x->map);
+	source_db_map_finish(&x->map);
 	free(x->offs);
 	free(x->lens);
 	free(x->cols);
@@ -390,5 +410,12 @@ void sqlite_source_close(struct source *s)
 	sqlite3_value_free(x->last_id);
 	buf_finish(&x->values);
 	free(x);
-	s->sqlite = NULL;
+	s->state = NULL;
 }
+
+const struct source_ops source_sqlite_ops = {
+	.watch = sqlite_watch,
+	.scan = sqlite_scan,
+	.is_caught_up = sqlite_is_caught_up,
+	.close = sqlite_close,
+};

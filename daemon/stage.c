@@ -6,6 +6,9 @@
 #include <errno.h>
 #include <string.h>
 
+#include "clock.h"
+#include "dead_letters.h"
+
 void stage_init(struct stage *sg, struct store *st)
 {
 	sg->st = st;
@@ -84,7 +87,7 @@ static int store_pending(struct stage *sg, const char *profile, size_t len, bool
 		sqlite3_bind_text(s, 1, profile, (int)len, SQLITE_STATIC);
 		sqlite3_bind_blob(s, 2, sg->blob.data, (int)sg->blob.len, SQLITE_STATIC);
 		sqlite3_bind_int64(s, 3, sg->st->next_seq++);
-		sqlite3_bind_int64(s, 4, now_ms());
+		sqlite3_bind_int64(s, 4, clock_wall_ms());
 		if (source)
 			sqlite3_bind_text(s, 5, source, -1, SQLITE_STATIC);
 	}
@@ -113,24 +116,6 @@ static size_t profile_bytes(struct stage *sg)
 		}
 	}
 	return total;
-}
-
-/* A new value for (profile, attribute) supersedes its dead letters: re-queueing
- * them later must never send the older value. */
-static int supersede_dead_letters(struct stage *sg, const char *profile, size_t len, const struct attrset *incoming)
-{
-	for (size_t i = 0; i < incoming->n; i++) {
-		sqlite3_stmt *s = store_stmt(sg->st, "DELETE FROM dead_letters WHERE profile = ? AND attr = ?");
-		if (!s)
-			return -EIO;
-		sqlite3_bind_text(s, 1, profile, (int)len, SQLITE_STATIC);
-		sqlite3_bind_text(s, 2, store_attr_name(sg->st, incoming->kv[i].id), -1, SQLITE_STATIC);
-		int rc = sqlite3_step(s);
-		sqlite3_reset(s);
-		if (rc != SQLITE_DONE)
-			return -EIO;
-	}
-	return 0;
 }
 
 const char *stage_refusal(int r)
@@ -177,7 +162,7 @@ int stage_profile(struct stage *sg, const char *profile, size_t profile_len,
 		}
 	}
 	/* Even a value equal to what Target has is newer than a dead letter's. */
-	if (sg->st->has_dead_letters && (r = supersede_dead_letters(sg, profile, profile_len, incoming)) < 0)
+	if ((r = dead_letters_supersede(sg->st, profile, profile_len, incoming)) < 0)
 		goto reset;
 	if (!changed) {
 		sqlite3_reset(s);
@@ -247,4 +232,9 @@ int stage_refresh(struct stage *sg, const char *profile, const struct attrset *i
 int stage_restore(struct stage *sg, const char *profile, const struct attrset *values)
 {
 	return merge_missing(sg, profile, values, false);
+}
+
+int64_t stage_source_profiles(struct store *st, const char *source)
+{
+	return store_int(st, "SELECT count(*) FROM profiles WHERE source = ?", -1, "t", source);
 }

@@ -52,4 +52,8 @@ int stage_refresh(struct stage *sg, const char *profile, const struct attrset *i
  * newer and wins). Used to re-queue dead letters. Returns 0 or a negative errno. */
 int stage_restore(struct stage *sg, const char *profile, const struct attrset *values);
 
+/* How many profiles source staged last (each profile belongs to the source
+ * that last changed it). Returns the count, or -1 on a database error. */
+int64_t stage_source_profiles(struct store *st, const char *source);
+
 #endif

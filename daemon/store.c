@@ -5,6 +5,7 @@
 #include "store.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,29 +13,28 @@
 #include <unistd.h>
 
 #include "attrset.h"
+#include "clock.h"
 #include "log.h"
 
 extern const char *const schema_migrations[];
 extern const size_t schema_migration_count;
 
-int64_t now_ms(void)
+void store_note_error(struct store *st)
 {
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+	st->err_code = sqlite3_extended_errcode(st->db);
+	snprintf(st->err_msg, sizeof(st->err_msg), "%s", sqlite3_errmsg(st->db));
 }
 
-int64_t mono_ms(void)
+const char *store_error(const struct store *st)
 {
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+	return st->err_msg[0] ? st->err_msg : "unknown error";
 }
 
 int store_exec(struct store *st, const char *sql)
 {
 	char *msg = NULL;
 	if (sqlite3_exec(st->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+		store_note_error(st);
 		sqlite3_free(msg);
 		return -EIO;
 	}
@@ -48,19 +48,27 @@ int store_begin(struct store *st)
 
 int store_commit(struct store *st)
 {
-	if (store_exec(st, "COMMIT") < 0) {
-		int r = -EIO;
-		if (!sqlite3_get_autocommit(st->db))
-			store_rollback(st);
-		return r;
+	if (store_exec(st, "COMMIT") == 0) {
+		/* A failure noted before is over. */
+		st->err_code = 0;
+		st->err_msg[0] = '\0';
+		return 0;
 	}
-	return 0;
+	if (!sqlite3_get_autocommit(st->db))
+		store_rollback(st);
+	return -EIO;
 }
 
 void store_rollback(struct store *st)
 {
 	if (!sqlite3_get_autocommit(st->db))
 		sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
+}
+
+void store_abort(struct store *st)
+{
+	store_note_error(st);
+	store_rollback(st);
 }
 
 sqlite3_stmt *store_stmt(struct store *st, const char *sql)
@@ -87,21 +95,107 @@ sqlite3_stmt *store_stmt(struct store *st, const char *sql)
 void store_die_on_io_error(struct store *st)
 {
 	int code = sqlite3_extended_errcode(st->db);
+	const char *msg = sqlite3_errmsg(st->db);
+	if ((code & 0xff) != SQLITE_IOERR) {
+		code = st->err_code;
+		msg = st->err_msg;
+	}
 	if ((code & 0xff) != SQLITE_IOERR || code == SQLITE_IOERR_NOMEM)
 		return;
 	log_err("msg=\"state database I/O error; exiting so nothing builds on lost writes\" error=\"%s\" code=%d",
-		sqlite3_errmsg(st->db), code);
+		msg, code);
 	_exit(74); /* EX_IOERR */
 }
 
-int64_t store_query_int(struct store *st, const char *sql, int64_t fallback)
+/* Binds the values named by types (see store.h) from ap to s. */
+static void bind_values(sqlite3_stmt *s, const char *types, va_list ap)
+{
+	int i = 1;
+	for (const char *t = types; *t; t++, i++) {
+		switch (*t) {
+		case 'i':
+			sqlite3_bind_int64(s, i, va_arg(ap, int64_t));
+			break;
+		case 'z': {
+			int64_t v = va_arg(ap, int64_t);
+			if (v)
+				sqlite3_bind_int64(s, i, v);
+			break;
+		}
+		case 't': {
+			const char *v = va_arg(ap, const char *);
+			if (v)
+				sqlite3_bind_text(s, i, v, -1, SQLITE_STATIC);
+			break;
+		}
+		case 's': {
+			const char *v = va_arg(ap, const char *);
+			int len = va_arg(ap, int);
+			if (v)
+				sqlite3_bind_text(s, i, v, len, SQLITE_STATIC);
+			break;
+		}
+		case 'b': {
+			const void *v = va_arg(ap, const void *);
+			int len = va_arg(ap, int);
+			sqlite3_bind_blob(s, i, v ? v : "", len, SQLITE_STATIC);
+			break;
+		}
+		default: /* 'n': left NULL */
+			break;
+		}
+	}
+}
+
+sqlite3_stmt *store_prepare(struct store *st, const char *sql, const char *types, ...)
 {
 	sqlite3_stmt *s = store_stmt(st, sql);
-	if (!s)
+	if (!s) {
+		store_note_error(st);
+		return NULL;
+	}
+	va_list ap;
+	va_start(ap, types);
+	bind_values(s, types, ap);
+	va_end(ap);
+	return s;
+}
+
+int store_run(struct store *st, const char *sql, const char *types, ...)
+{
+	sqlite3_stmt *s = store_stmt(st, sql);
+	if (!s) {
+		store_note_error(st);
+		return -EIO;
+	}
+	va_list ap;
+	va_start(ap, types);
+	bind_values(s, types, ap);
+	va_end(ap);
+	int rc = sqlite3_step(s);
+	if (rc != SQLITE_DONE && rc != SQLITE_ROW)
+		store_note_error(st);
+	sqlite3_reset(s);
+	return rc == SQLITE_DONE || rc == SQLITE_ROW ? 0 : -EIO;
+}
+
+int64_t store_int(struct store *st, const char *sql, int64_t fallback, const char *types, ...)
+{
+	sqlite3_stmt *s = store_stmt(st, sql);
+	if (!s) {
+		store_note_error(st);
 		return fallback;
+	}
+	va_list ap;
+	va_start(ap, types);
+	bind_values(s, types, ap);
+	va_end(ap);
 	int64_t v = fallback;
-	if (sqlite3_step(s) == SQLITE_ROW && sqlite3_column_type(s, 0) != SQLITE_NULL)
+	int rc = sqlite3_step(s);
+	if (rc == SQLITE_ROW && sqlite3_column_type(s, 0) != SQLITE_NULL)
 		v = sqlite3_column_int64(s, 0);
+	else if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+		store_note_error(st);
 	sqlite3_reset(s);
 	return v;
 }
@@ -205,7 +299,7 @@ void store_on_migration(store_migration_hook *hook, void *arg, int64_t every_ms)
  * Returns 0 (go on). */
 static int migration_progress(void *unused)
 {
-	int64_t now = mono_ms();
+	int64_t now = clock_mono_ms();
 	if (now - migration.last_ms >= migration.every_ms) {
 		migration.last_ms = now;
 		migration.hook(migration.arg, migration.from, migration.to);
@@ -215,7 +309,7 @@ static int migration_progress(void *unused)
 
 static int migrate(struct store *st, char *err, size_t err_size)
 {
-	int64_t version = store_query_int(st, "PRAGMA user_version", 0);
+	int64_t version = store_int(st, "PRAGMA user_version", 0, "");
 	if (version > (int64_t)schema_migration_count) {
 		snprintf(err, err_size, "database schema version %lld is newer than this tpsyncd (%zu)",
 			 (long long)version, schema_migration_count);
@@ -229,7 +323,7 @@ static int migrate(struct store *st, char *err, size_t err_size)
 	if (upgrade && migration.hook) {
 		migration.from = (int)version;
 		migration.to = (int)schema_migration_count;
-		migration.last_ms = mono_ms();
+		migration.last_ms = clock_mono_ms();
 		migration.hook(migration.arg, migration.from, migration.to);
 		/* Every 10,000 virtual machine steps: a few times a millisecond. */
 		sqlite3_progress_handler(st->db, 10000, migration_progress, NULL);
@@ -321,8 +415,8 @@ struct store *store_create(const char *path, char *err, size_t err_size)
 		snprintf(err, err_size, "cannot read attribute names: %s", sqlite3_errmsg(st->db));
 		goto fail;
 	}
-	st->next_seq = store_query_int(st, "SELECT max(pending_seq) FROM profiles", 0) + 1;
-	st->has_dead_letters = store_query_int(st, "SELECT count(*) FROM dead_letters", 0) > 0;
+	st->next_seq = store_int(st, "SELECT max(pending_seq) FROM profiles", 0, "") + 1;
+	st->has_dead_letters = -1; /* not known yet: see dead_letters.c */
 	return st;
 fail:
 	store_destroy(st);

@@ -13,6 +13,8 @@
 
 struct store {
 	sqlite3 *db;
+	int err_code;      /* the last failure's extended result code (store_note_error) */
+	char err_msg[256]; /* and its message, read before any rollback could clear it */
 	struct {
 		const char *sql;
 		sqlite3_stmt *stmt;
@@ -22,7 +24,7 @@ struct store {
 	uint32_t n_attr_names;
 	uint32_t cap_attr_names;
 	int64_t next_seq;  /* for profiles.pending_seq */
-	bool has_dead_letters; /* staging then checks for dead letters a new value supersedes */
+	int has_dead_letters; /* -1: not known yet; kept by dead_letters.c */
 };
 
 /* Opens (creating if needed) the database at path in WAL mode with
@@ -39,19 +41,42 @@ void store_destroy(struct store *st);
 typedef void store_migration_hook(void *arg, int from, int to);
 void store_on_migration(store_migration_hook *hook, void *arg, int64_t every_ms);
 
-/* Transactions. begin uses BEGIN IMMEDIATE. Return 0 or -EIO (the SQLite error is
- * in sqlite3_errmsg(st->db)); on a failed commit the transaction is rolled back. */
+/* Transactions. begin uses BEGIN IMMEDIATE. Return 0 or -EIO (the error is
+ * noted, see store_error); on a failed commit the transaction is rolled back. */
 int store_begin(struct store *st);
 int store_commit(struct store *st);
+/* Rolls back the open transaction, if any (nothing to report). */
 void store_rollback(struct store *st);
+/* A statement failed: notes its error (store_error) and rolls back. */
+void store_abort(struct store *st);
+/* Notes the connection's last error as the failure to report (called when a
+ * step fails; the helpers below do it themselves). */
+void store_note_error(struct store *st);
+/* The last noted failure, for the one log line the caller writes. */
+const char *store_error(const struct store *st);
 
 /* Prepares sql once (cached by the string's address, so pass literals) and returns
  * it reset with bindings cleared, ready to bind; NULL on error (see
  * sqlite3_errmsg). The store owns the statement. */
 sqlite3_stmt *store_stmt(struct store *st, const char *sql);
 
-/* Executes sql (no results). Returns 0 or -EIO. */
+/* Executes sql (no results, no parameters). Returns 0 or -EIO. */
 int store_exec(struct store *st, const char *sql);
+
+/* The bind/step/reset idiom. types names one parameter each, in order:
+ *   'i' int64_t;  'z' int64_t, NULL when 0;  't' const char *, NULL binds NULL;
+ *   's' const char *, int length;  'b' const void *, int length (a blob);
+ *   'n' NULL (takes no argument).
+ * Values are bound without copying: they must stay valid while the statement
+ * runs (until it is reset, for store_prepare).
+ * store_prepare returns the cached statement with the values bound, ready to
+ * step (the store owns it), or NULL with the error noted. */
+sqlite3_stmt *store_prepare(struct store *st, const char *sql, const char *types, ...);
+/* Runs a statement that returns no rows: 0, or -EIO with the error noted. */
+int store_run(struct store *st, const char *sql, const char *types, ...);
+/* Runs a query that yields one integer; returns it, or fallback when it yields
+ * no row or NULL (or fails: the error is noted). */
+int64_t store_int(struct store *st, const char *sql, int64_t fallback, const char *types, ...);
 
 /* The id of attribute name (interning it if new; needs an open transaction or
  * autocommit). Returns a positive id, or a negative errno. */
@@ -63,13 +88,5 @@ const char *store_attr_name(const struct store *st, uint32_t id);
  * disk (a failed fsync above all): carrying on could build on writes that never
  * reached the disk. systemd restarts the daemon, which recovers from the WAL. */
 void store_die_on_io_error(struct store *st);
-
-/* Runs a query that yields one integer; returns it, or fallback when no row. */
-int64_t store_query_int(struct store *st, const char *sql, int64_t fallback);
-
-/* Wall-clock time in milliseconds since the epoch. */
-int64_t now_ms(void);
-/* Monotonic time in milliseconds (for durations). */
-int64_t mono_ms(void);
 
 #endif

@@ -11,6 +11,9 @@
 
 #include "buf.h"
 
+#define TARGET_MAX_ID_LEN 128
+#define TARGET_MAX_NAME_LEN 128
+
 char *target_submit_url(const struct config *cfg)
 {
 	char *url;
@@ -177,4 +180,140 @@ void target_answer_finish(struct target_answer *a)
 	free(a->batch_id);
 	free(a->status);
 	a->batch_status = a->message = a->batch_id = a->status = NULL;
+}
+
+bool target_batch_id_of(const char *status_url, char *out, size_t size)
+{
+	const char *q = strchr(status_url, '?');
+	for (const char *p = q; p && *p; p = strchr(p + 1, '&')) {
+		if (strncmp(p + 1, "batchId=", 8) == 0) {
+			const char *v = p + 9;
+			size_t n = strcspn(v, "&#");
+			if (n == 0 || n >= size)
+				return false;
+			memcpy(out, v, n);
+			out[n] = '\0';
+			return true;
+		}
+	}
+	return false;
+}
+
+/* A connection that was never made proves the request did not reach Target. */
+static bool never_sent(CURLcode res)
+{
+	return res == CURLE_COULDNT_CONNECT || res == CURLE_COULDNT_RESOLVE_HOST || res == CURLE_COULDNT_RESOLVE_PROXY;
+}
+
+bool target_call_reached(CURLcode res)
+{
+	return res != CURLE_COULDNT_CONNECT && res != CURLE_COULDNT_RESOLVE_HOST;
+}
+
+void target_judge_submit(CURLcode res, const char *error, long http, const struct target_answer *a,
+			 const char *excerpt, struct target_judgement *out)
+{
+	memset(out, 0, sizeof(*out));
+	if (res != CURLE_OK) {
+		out->verdict = TARGET_RETRY;
+		out->cause = TARGET_CAUSE_NETWORK;
+		out->is_uncertain = !never_sent(res);
+		snprintf(out->why, sizeof(out->why), "network: %s", error && *error ? error : curl_easy_strerror(res));
+		return;
+	}
+	switch (http) {
+	case 200:
+		if (!a || !a->has_success) {
+			out->verdict = TARGET_RETRY;
+			out->cause = TARGET_CAUSE_GARBAGE;
+			out->is_uncertain = true;
+			snprintf(out->why, sizeof(out->why), "unreadable answer (HTTP 200): %s", excerpt);
+		} else if (a->is_success) {
+			out->verdict = TARGET_ACCEPTED;
+		} else {
+			out->verdict = TARGET_REJECTED;
+			out->cause = TARGET_CAUSE_REJECTED;
+			snprintf(out->why, sizeof(out->why), "Target answered success=false: %s",
+				 a->message ? a->message : "(no message)");
+		}
+		return;
+	case 401:
+	case 403:
+		out->verdict = TARGET_AUTH;
+		snprintf(out->why, sizeof(out->why), "authentication failed (HTTP %ld)", http);
+		return;
+	case 413:
+		out->verdict = TARGET_SPLIT;
+		snprintf(out->why, sizeof(out->why), "HTTP 413: %s", excerpt);
+		return;
+	case 408:
+	case 429:
+	case 500:
+	case 502:
+	case 503:
+	case 504:
+		out->verdict = TARGET_RETRY;
+		out->cause = TARGET_CAUSE_HTTP;
+		out->use_retry_after = true;
+		/* 408/429/503 say the request was not processed; a 5xx might have been. */
+		out->is_uncertain = http == 500 || http == 502 || http == 504;
+		snprintf(out->why, sizeof(out->why), "HTTP %ld: %s", http, excerpt);
+		return;
+	default:
+		out->verdict = TARGET_DEAD;
+		snprintf(out->why, sizeof(out->why), "HTTP %ld", http);
+		return;
+	}
+}
+
+enum target_poll_verdict target_judge_poll(CURLcode res, const char *error, long http, const struct target_answer *a,
+					   const char *excerpt, char *why, size_t size)
+{
+	why[0] = '\0';
+	if (res != CURLE_OK) {
+		snprintf(why, size, "status poll: %s", error && *error ? error : curl_easy_strerror(res));
+		return TARGET_POLL_RETRY;
+	}
+	if (http == 401 || http == 403) {
+		snprintf(why, size, "status poll: authentication failed");
+		return TARGET_POLL_AUTH;
+	}
+	if (http != 200 || !a) {
+		snprintf(why, size, "status poll: HTTP %ld: %s", http, excerpt);
+		return TARGET_POLL_RETRY;
+	}
+	const char *status = a->status ? a->status : "";
+	if (strcmp(status, "complete") == 0)
+		return TARGET_POLL_COMPLETE;
+	if (strcmp(status, "stuck") == 0)
+		return TARGET_POLL_STUCK;
+	return TARGET_POLL_INCOMPLETE;
+}
+
+const char *target_profile_id_problem(const char *id, size_t len)
+{
+	if (!id || len == 0)
+		return "empty id";
+	if (len > TARGET_MAX_ID_LEN)
+		return "id longer than 128 bytes";
+	for (size_t i = 0; i < len; i++) {
+		if (id[i] == '+' || id[i] == '/')
+			return "id contains '+' or '/', which Target does not accept";
+		if ((unsigned char)id[i] < 0x20 || id[i] == 0x7f)
+			return "id contains a control character";
+	}
+	return NULL;
+}
+
+bool target_attr_name_valid(const char *s, size_t len)
+{
+	if (len == 0 || len > TARGET_MAX_NAME_LEN)
+		return false;
+	for (size_t i = 0; i < len; i++) {
+		char c = s[i];
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+		      c == '-' || c == '.'))
+			return false;
+	}
+	return true;
 }

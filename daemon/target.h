@@ -1,8 +1,11 @@
 /* SPDX-License-Identifier: MIT */
-/* Adobe Target's Bulk Profile Update API: request URLs and the XML answers. */
+/* Adobe Target's Bulk Profile Update API: request URLs, the XML answers, what
+ * each answer means for the batch (pure functions, judged case by case against
+ * DESIGN.md's guarantee 5), and Target's rules for ids and attribute names. */
 #ifndef TPSYNC_TARGET_H
 #define TPSYNC_TARGET_H
 
+#include <curl/curl.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -33,5 +36,63 @@ bool target_may_send_token(const struct config *cfg, const char *url, const char
  * target_answer_finish()), or -EBADMSG when body is not such a document. */
 int target_parse_answer(const char *body, size_t len, struct target_answer *out);
 void target_answer_finish(struct target_answer *a);
+
+/* The batchId query parameter of a status URL, copied into out (at most size
+ * - 1 bytes); false when there is none. */
+bool target_batch_id_of(const char *status_url, char *out, size_t size);
+
+/* What a submission's answer means for its batch. */
+enum target_verdict {
+	TARGET_ACCEPTED, /* success=true: its values become the mirror */
+	TARGET_RETRY,    /* try again after a backoff (Retry-After honoured) */
+	TARGET_REJECTED, /* success=false: try again, counted against retry.max_failures */
+	TARGET_AUTH,     /* 401/403: hold delivery until the token changes */
+	TARGET_SPLIT,    /* 413: too large; split the batch in two */
+	TARGET_DEAD,     /* any other answer: dead-letter the batch */
+};
+
+/* Why a request is retried, for the counters in metrics. */
+enum target_cause { TARGET_CAUSE_NONE, TARGET_CAUSE_NETWORK, TARGET_CAUSE_HTTP, TARGET_CAUSE_GARBAGE,
+		    TARGET_CAUSE_REJECTED };
+
+struct target_judgement {
+	enum target_verdict verdict;
+	enum target_cause cause;
+	bool is_uncertain;    /* Target may have applied it anyway: send the latest values once more later */
+	bool use_retry_after; /* a Retry-After header, if any, sets the delay */
+	char why[600];        /* for the batch's last_error and dead letters */
+};
+
+/* Judges a submission's outcome: res and error from curl (error may be empty),
+ * HTTP status http (when res is CURLE_OK), the parsed XML answer a (NULL when
+ * the body could not be parsed as one), and excerpt, a printable start of the
+ * body for messages. Pure: no I/O, no state. */
+void target_judge_submit(CURLcode res, const char *error, long http, const struct target_answer *a,
+			 const char *excerpt, struct target_judgement *out);
+
+/* False when a call with this outcome never reached Target (no connection
+ * was made), so it does not use Target's call budget. */
+bool target_call_reached(CURLcode res);
+
+/* What a status poll's answer means. */
+enum target_poll_verdict {
+	TARGET_POLL_COMPLETE,   /* the batch is processed (counts in the answer) */
+	TARGET_POLL_INCOMPLETE, /* still processing: ask again later */
+	TARGET_POLL_STUCK,      /* Target cannot complete it */
+	TARGET_POLL_RETRY,      /* no usable answer (network, HTTP error, garbage): ask again after a backoff */
+	TARGET_POLL_AUTH,       /* 401/403 */
+};
+
+/* Judges a status poll's outcome like target_judge_submit; why gets a message
+ * for the batch's last_error (empty for complete and incomplete). */
+enum target_poll_verdict target_judge_poll(CURLcode res, const char *error, long http, const struct target_answer *a,
+					   const char *excerpt, char *why, size_t size);
+
+/* Why Target would not accept id as a profile id (empty, over 128 bytes, '+',
+ * '/' or a control character), or NULL when it is fine. */
+const char *target_profile_id_problem(const char *id, size_t len);
+/* True when name is a plain Target parameter name (letters, digits, '_', '-',
+ * '.', at most 128 bytes). */
+bool target_attr_name_valid(const char *name, size_t len);
 
 #endif

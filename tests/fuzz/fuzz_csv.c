@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "csv.h"
+#include "utf8.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

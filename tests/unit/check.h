@@ -9,13 +9,14 @@
 
 static int check_failures;
 static int check_count;
+static const char *check_case = "-"; /* the case running now (check_run) */
 
 #define CHECK(cond)                                                                         \
 	do {                                                                                \
 		check_count++;                                                              \
 		if (!(cond)) {                                                              \
 			check_failures++;                                                   \
-			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
+			fprintf(stderr, "%s:%d: [%s] check failed: %s\n", __FILE__, __LINE__, check_case, #cond); \
 		}                                                                           \
 	} while (0)
 
@@ -25,10 +26,22 @@ static int check_count;
 		check_count++;                                                              \
 		if (!a_ || !b_ || strcmp(a_, b_) != 0) {                                    \
 			check_failures++;                                                   \
-			fprintf(stderr, "%s:%d: \"%s\" != \"%s\"\n", __FILE__, __LINE__,   \
-				a_ ? a_ : "(null)", b_ ? b_ : "(null)");                    \
+			fprintf(stderr, "%s:%d: [%s] \"%s\" != \"%s\"\n", __FILE__, __LINE__, \
+				check_case, a_ ? a_ : "(null)", b_ ? b_ : "(null)");        \
 		}                                                                           \
 	} while (0)
+
+/* Runs one test case, a function with its own fixture, and names it when
+ * any of its checks failed. */
+static inline void check_run(const char *name, void (*fn)(void))
+{
+	int before = check_failures;
+	check_case = name;
+	fn();
+	fprintf(stderr, "%s %s\n", check_failures > before ? "FAIL" : "ok  ", name);
+	check_case = "-";
+}
+#define RUN(fn) check_run(#fn, fn)
 
 static inline int check_result(const char *name)
 {

@@ -10,10 +10,12 @@
 #include "attrset.h"
 #include "store.h"
 
-static char fixture_dir[] = "/tmp/tpsync-test-XXXXXX";
+static char fixture_dir[64];
 
+/* A new state database in a new temporary directory (one per test case). */
 static struct store *fixture_store(void)
 {
+	snprintf(fixture_dir, sizeof(fixture_dir), "/tmp/tpsync-test-XXXXXX");
 	if (!mkdtemp(fixture_dir))
 		return NULL;
 	char path[256], err[256];

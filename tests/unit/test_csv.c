@@ -6,6 +6,7 @@
 
 #include "check.h"
 #include "csv.h"
+#include "utf8.h"
 
 /* A reader over text held in a temporary file. */
 static struct csv_reader *reader(const char *text, size_t len, char delim, size_t max_field, int *fd)

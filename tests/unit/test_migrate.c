@@ -68,7 +68,7 @@ static void test_converted(void)
 		fprintf(stderr, "store_create: %s\n", err);
 		return;
 	}
-	CHECK(store_query_int(st, "PRAGMA user_version", 0) == (int64_t)schema_migration_count);
+	CHECK(store_int(st, "PRAGMA user_version", 0, "") == (int64_t)schema_migration_count);
 	struct attrset set;
 	struct buf copy;
 	attrset_init(&set);
@@ -80,7 +80,7 @@ static void test_converted(void)
 	CHECK(attr_kv_equals(attrset_get(&set, 2), "\xc3\xbcrich", 6) && attr_kv_equals(attrset_get(&set, 0), "", 0));
 	CHECK(blob_of(st, "SELECT inflight FROM profiles WHERE id = 'p1'", &set, &copy) == 1);
 	CHECK(blob_of(st, "SELECT accepted FROM profiles WHERE id = 'p2'", &set, &copy) == 0 && set.n == 0);
-	CHECK(store_query_int(st, "SELECT length(accepted) FROM profiles WHERE id = 'p2'", -1) == 0);
+	CHECK(store_int(st, "SELECT length(accepted) FROM profiles WHERE id = 'p2'", -1, "") == 0);
 	CHECK(blob_of(st, "SELECT accepted FROM profiles WHERE id = 'p3'", &set, &copy) == 0 && set.n == 1);
 	CHECK(attr_kv_equals(attrset_get(&set, 300), "long note", 9));
 	CHECK(blob_of(st, "SELECT attrs FROM batch_rows", &set, &copy) == 0 && set.n == 2);
@@ -91,7 +91,7 @@ static void test_converted(void)
 	store_destroy(st);
 	/* Opening again migrates nothing more. */
 	st = store_create(path, err, sizeof(err));
-	CHECK(st && store_query_int(st, "PRAGMA user_version", 0) == (int64_t)schema_migration_count);
+	CHECK(st && store_int(st, "PRAGMA user_version", 0, "") == (int64_t)schema_migration_count);
 	store_destroy(st);
 }
 
@@ -137,7 +137,7 @@ static void test_hook(void)
 	struct store *st = store_create(path, err, sizeof(err));
 	CHECK(st != NULL);
 	CHECK(hook_calls >= 2 && hook_from == 2 && hook_to == (int)schema_migration_count);
-	CHECK(st && store_query_int(st, "SELECT count(*) FROM profiles WHERE accepted = x'0101676f6c6400'", 0) == 5000);
+	CHECK(st && store_int(st, "SELECT count(*) FROM profiles WHERE accepted = x'0101676f6c6400'", 0, "") == 5000);
 	store_destroy(st);
 	/* Nothing to migrate: no call. */
 	hook_calls = 0;

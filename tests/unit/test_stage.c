@@ -30,7 +30,7 @@ static int profile_rows(const char *id)
 {
 	char sql[128];
 	snprintf(sql, sizeof(sql), "SELECT count(*) FROM profiles WHERE id = '%s'", id);
-	return (int)store_query_int(st, sql, -1);
+	return (int)store_int(st, sql, -1, "");
 }
 
 static const char *pending(const char *id, const char *name)

@@ -1,0 +1,160 @@
+/* SPDX-License-Identifier: MIT */
+/* The delivery queue: the one owner of the batches, batch_rows, sends and
+ * echoes tables, and of moving a profile's values from pending to in flight to
+ * accepted (the mirror). Every step of a batch is its own committed
+ * transaction, so what the sender acts on is always durable first:
+ *
+ *   queue_build ........ pending profiles become a ready batch (values in flight)
+ *   queue_mark_posting . before its request leaves (after a crash: recovered)
+ *   queue_accept ....... Target said success=true: values become the mirror
+ *   queue_complete ..... its final status; or queue_requeue_stuck, queue_retry,
+ *                        queue_split, queue_kill (dead letters), queue_poll_again
+ *
+ * Functions return 0 (or an id or count) on success and a negative errno on
+ * failure: -EIO for a database error (noted, see store_error; the transaction
+ * is rolled back), -ENOMEM, -EINVAL for a corrupt stored blob. Nothing here
+ * logs; the caller decides what a failure means. */
+#ifndef TPSYNC_QUEUE_H
+#define TPSYNC_QUEUE_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "batch_state.h"
+#include "config.h"
+#include "store.h"
+
+struct queue;
+
+/* A queue over st (not owned). Returns NULL on ENOMEM. */
+struct queue *queue_create(struct store *st);
+void queue_destroy(struct queue *q);
+
+/* Batches left "posting" by a crash had a request whose answer never came:
+ * they go back to ready, and since Target may still apply them late, the
+ * latest values of their profiles are sent once more at sent_at +
+ * echo_delay_ms. *n counts them. */
+int queue_recover(struct queue *q, int64_t echo_delay_ms, int64_t *n);
+
+/* The oldest ready batch whose next attempt is due at now, or 0; *next_at
+ * gets the earliest next attempt of any ready batch (0: none). */
+int64_t queue_next_ready(struct queue *q, int64_t now, int64_t *next_at);
+/* A ready batch created before created_before (to be given up), or 0. */
+int64_t queue_expired_ready(struct queue *q, int64_t created_before);
+/* When the oldest pending change that is in no batch yet was staged, or 0. */
+int64_t queue_oldest_unbatched(struct queue *q);
+/* Rows sent since since, and when the oldest of those sends was (now when
+ * none), for the rolling rows-per-day budget. */
+int queue_rows_sent(struct queue *q, int64_t since, int64_t *rows, int64_t *oldest);
+
+/* Builds the next ready batch from pending profiles that are in no unanswered
+ * request, oldest first, with at most min(max_rows, cfg->batch.max_rows) rows
+ * and an encoded body of at most cfg->batch.max_bytes (computed exactly); the
+ * profiles' values move from pending to in flight in the same transaction. A
+ * profile whose row alone is too large is dead-lettered. Returns the batch id,
+ * 0 when nothing is pending, or a negative errno. */
+int64_t queue_build(struct queue *q, const struct config *cfg, int64_t max_rows);
+
+/* Writes the request body of batch id to fd at its offset (see body_writer.h).
+ * Returns the bytes written, or a negative errno (-ENOSPC, -EBADF, ...: the
+ * write failed; -EINVAL: a corrupt header or row; -EIO). */
+int64_t queue_write_body(struct queue *q, const struct config *cfg, int64_t id, int fd);
+
+/* The header's attribute ids of batch id, ascending, into a malloc'd *ids
+ * (the caller frees it). Returns 0, -ENOENT, -EIO, -ENOMEM, or -EINVAL. */
+int queue_header_ids(struct queue *q, int64_t id, uint32_t **ids, size_t *n);
+
+/* A request for batch id is about to leave at now with a body of bytes:
+ * recorded durably first (and counted in the rows-per-day budget). */
+int queue_mark_posting(struct queue *q, int64_t id, int64_t now, int64_t bytes);
+/* The request could not be started after all: the batch is ready again. */
+int queue_mark_ready(struct queue *q, int64_t id);
+
+/* What the sender needs to know about one batch. */
+struct queue_batch {
+	enum batch_state state;
+	int64_t created_at, answered_at, attempts, failures, rows, polls;
+};
+/* Fills *b for batch id. Returns 0, -ENOENT, or -EIO. */
+int queue_get(struct queue *q, int64_t id, struct queue_batch *b);
+
+/* Target accepted batch id: its values become the mirror. With a status URL
+ * it waits for its status (first poll at next_poll_at); without one it is
+ * complete. target_batch_id may be NULL. */
+int queue_accept(struct queue *q, int64_t id, const char *status_url, const char *target_batch_id,
+		 int64_t next_poll_at);
+
+/* A failed attempt: batch id is ready again at next_at, with http (0: none)
+ * and why as its last answer and failures as its count of rejections. With
+ * echo_due > 0 (the answer never came, so Target may still apply the request)
+ * its profiles' latest values go out once more at echo_due. */
+int queue_retry(struct queue *q, int64_t id, int64_t next_at, long http, const char *why, int64_t failures,
+		int64_t echo_due);
+
+/* The token was refused: batch id is ready again, and this attempt does not
+ * count. */
+int queue_auth_failed(struct queue *q, int64_t id);
+
+/* Gives batch id up: every value that made it necessary becomes a dead
+ * letter with reason and Target's answer, its profiles are released and it is
+ * marked dead. echo_due as in queue_retry. */
+int queue_kill(struct queue *q, int64_t id, const char *reason, const char *answer, int64_t echo_due);
+
+/* Target answered 413: batch id's rows go to two ready batches of half the
+ * rows each, and it is marked split. A one-row batch cannot be split: -E2BIG
+ * (nothing changed). */
+int queue_split(struct queue *q, int64_t id);
+
+/* Calls each(arg, id, status_url) for submitted batches whose next poll is
+ * due at now, earliest first, until each returns false; *next_at gets the
+ * first poll due later (0: none). Returns 0 or -EIO. */
+int queue_due_polls(struct queue *q, int64_t now, bool (*each)(void *arg, int64_t id, const char *status_url),
+		    void *arg, int64_t *next_at);
+
+/* Target's final word on batch id: complete, with its counts (-1: absent). */
+struct queue_counts_at_target {
+	int64_t consumed, successful, not_found, failed;
+};
+int queue_complete(struct queue *q, int64_t id, const struct queue_counts_at_target *c);
+
+/* No final status yet: poll batch id again at next_at, with why (may be
+ * empty) as its last error. A batch accepted before given_up_before is given
+ * up instead: marked unconfirmed (*gave_up set). */
+int queue_poll_again(struct queue *q, int64_t id, int64_t next_at, const char *why, int64_t given_up_before,
+		     bool *gave_up);
+
+/* Target reported batch id stuck: the latest values of its changed attributes
+ * are sent again, once (a batch that was itself such a re-queue is
+ * dead-lettered). */
+int queue_requeue_stuck(struct queue *q, int64_t id);
+
+/* Echoes due at now whose profiles are in no request: their latest values are
+ * staged again, up to 10,000 at a time. *n counts them; *next_at gets when the
+ * next echo is due (0: none; now + 1 when more are due at once). */
+int queue_run_echoes(struct queue *q, int64_t now, int *n, int64_t *next_at);
+
+/* Queues dead letters again (those with ids, n of them, or all when ids is
+ * NULL); a value staged since is newer and wins. *count counts them. */
+int queue_retry_dead(struct queue *q, const int64_t *ids, size_t n, int64_t *count);
+
+/* The queue at a glance. */
+struct queue_counts {
+	int64_t pending_profiles;
+	int64_t oldest_pending_at; /* 0: none */
+	int64_t batches[BATCH_STATE_COUNT];
+	int64_t echoes;
+	int64_t dead_letters;
+};
+/* Fills *c. with_all_states false counts only what is cheap to count
+ * (ready, posting, submitted); the others stay 0. Returns 0 or -EIO. */
+int queue_counts(struct queue *q, bool with_all_states, struct queue_counts *c);
+/* Rows sent in the 24 hours before now. */
+int64_t queue_rows_last_day(struct queue *q, int64_t now);
+
+/* The newest limit batches as a JSON array (id, state, rows, bytes, attempts,
+ * times, Target's batch id, status and counts, last error); NULL on a database
+ * error or ENOMEM. The caller owns it. */
+json_t *queue_batches_json(struct queue *q, int64_t limit);
+
+#endif

@@ -1,0 +1,379 @@
+/* SPDX-License-Identifier: MIT */
+/* The delivery queue: the body format, full_profile vs changed_only rows, the
+ * row and byte limits, acceptance into the mirror, dead letters, 413 splits,
+ * stuck re-queues, and the steps a sender takes (posting, retries, polls,
+ * echoes, recovery). Each case has a fresh state database. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "body_writer.h"
+#include "check.h"
+#include "config.h"
+#include "queue.h"
+#include "stage.h"
+#include "state_fixture.h"
+
+static struct store *st;
+static struct queue *qu;
+static struct stage sg;
+static struct attrset in;
+static struct config cfg;
+static char v[256];
+
+static void setup(void)
+{
+	st = fixture_store();
+	qu = st ? queue_create(st) : NULL;
+	CHECK(qu != NULL);
+	stage_init(&sg, st);
+	attrset_init(&in);
+	memset(&cfg, 0, sizeof(cfg));
+	cfg.target.id_type = ID_THIRD_PARTY;
+	cfg.batch.max_rows = 500000;
+	cfg.batch.max_bytes = 49000000;
+	cfg.batch.rows = ROWS_FULL_PROFILE;
+}
+
+static void teardown(void)
+{
+	attrset_finish(&in);
+	stage_finish(&sg);
+	queue_destroy(qu);
+	fixture_cleanup(st);
+}
+
+static void stage(const char *id, const char *const *pairs)
+{
+	set_of(st, &in, pairs);
+	store_begin(st);
+	CHECK(stage_profile(&sg, id, strlen(id), &in, "test", NULL) >= 0);
+	store_commit(st);
+}
+
+static int64_t q(const char *sql)
+{
+	return store_int(st, sql, -1, "");
+}
+
+/* The body of batch id as a string (caller frees), written to a file as the
+ * sender writes it. */
+static char *body(int64_t id)
+{
+	FILE *f = tmpfile();
+	CHECK(f != NULL);
+	int64_t n = queue_write_body(qu, &cfg, id, fileno(f));
+	CHECK(n >= 0);
+	char *text = calloc(1, n > 0 ? (size_t)n + 1 : 1);
+	rewind(f);
+	CHECK(text && fread(text, 1, (size_t)n, f) == (size_t)n && fgetc(f) == EOF);
+	fclose(f);
+	return text;
+}
+
+static void accept(int64_t id)
+{
+	CHECK(queue_accept(qu, id, NULL, NULL, 0) == 0);
+}
+
+/* Accepted with a status URL: its rows stay until its final status. */
+static void accept_awaiting_status(int64_t id)
+{
+	CHECK(queue_accept(qu, id, "http://edge/m2/demo/profile/batchStatus?batchId=b", "b", 0) == 0);
+}
+
+/* Three profiles, one with every character that needs encoding: the exact
+ * body, its exact size, and values in flight until accepted. */
+static void test_body_and_acceptance(void)
+{
+	setup();
+	stage("cust-1", (const char *[]){ "loyaltyTier=gold", "city=Amsterdam", NULL });
+	stage("cust-2", (const char *[]){ "city=Utrecht", NULL });
+	stage("cust-3", (const char *[]){ "loyaltyTier=50% off & more", "city=a+b=c, \"q\"\nx", NULL });
+	int64_t b1 = queue_build(qu, &cfg, 1000);
+	CHECK(b1 > 0);
+	char *text = body(b1);
+	const char *want = "batch=thirdPartyId,loyaltyTier,city\n"
+			   "cust-1,gold,Amsterdam\n"
+			   "cust-2,,Utrecht\n"
+			   "cust-3,50%25%20off%20%26%20more,a%2Bb%3Dc%2C%20%22q%22%0Ax\n";
+	CHECK_STR(text, want);
+	free(text);
+	/* The size computed while building is the exact encoded size. */
+	CHECK(q("SELECT bytes FROM batches WHERE id = 1") == (int64_t)strlen(want));
+	/* In flight: not pending any more, and not picked up by the next batch. */
+	CHECK(q("SELECT count(*) FROM profiles WHERE pending IS NOT NULL") == 0);
+	stage("cust-1", (const char *[]){ "loyaltyTier=silver", NULL });
+	CHECK(queue_build(qu, &cfg, 1000) == 0);
+	accept(b1);
+	CHECK_STR(column_value(st, "cust-1", "accepted", "city", v, sizeof(v)), "Amsterdam");
+	CHECK_STR(column_value(st, "cust-1", "inflight", "city", v, sizeof(v)), "(none)");
+
+	/* full_profile: the changed profile's row carries all its attributes. */
+	int64_t b2 = queue_build(qu, &cfg, 1000);
+	CHECK(b2 > b1);
+	text = body(b2);
+	CHECK_STR(text, "batch=thirdPartyId,loyaltyTier,city\ncust-1,silver,Amsterdam\n");
+	free(text);
+	accept(b2);
+
+	/* changed_only: just the changed cells. pcId header. */
+	cfg.batch.rows = ROWS_CHANGED_ONLY;
+	cfg.target.id_type = ID_PC;
+	stage("cust-1", (const char *[]){ "city=Rotterdam", "loyaltyTier=silver", NULL });
+	int64_t b3 = queue_build(qu, &cfg, 1000);
+	text = body(b3);
+	CHECK_STR(text, "batch=pcId,city\ncust-1,Rotterdam\n");
+	free(text);
+	accept(b3);
+	teardown();
+}
+
+/* Rows for the limit cases: n profiles with one attribute, named prefix%02d. */
+static void stage_many(const char *fmt, int n)
+{
+	char id[32];
+	for (int i = 0; i < n; i++) {
+		snprintf(id, sizeof(id), fmt, i);
+		stage(id, (const char *[]){ "a=1", NULL });
+	}
+}
+
+/* The row limit (and a caller's smaller budget), and the byte limit: the
+ * encoded body never exceeds max_bytes, and is as full as it can be. */
+static void test_limits(void)
+{
+	setup();
+	stage_many("r%02d", 25);
+	cfg.batch.max_rows = 10;
+	int64_t b4 = queue_build(qu, &cfg, 1000);
+	CHECK(q("SELECT rows FROM batches ORDER BY id DESC LIMIT 1") == 10);
+	int64_t b5 = queue_build(qu, &cfg, 3);
+	CHECK(b5 > b4 && q("SELECT rows FROM batches ORDER BY id DESC LIMIT 1") == 3);
+	cfg.batch.max_rows = 500000;
+	queue_build(qu, &cfg, 1000); /* the other 12 */
+
+	stage_many("s%03d", 100);
+	cfg.batch.max_bytes = 300;
+	int64_t b6 = queue_build(qu, &cfg, 1000);
+	char *text = body(b6);
+	CHECK(strlen(text) <= 300 && strlen(text) + 7 > 300);
+	CHECK(q("SELECT bytes FROM batches ORDER BY id DESC LIMIT 1") == (int64_t)strlen(text));
+	free(text);
+	char sql[128];
+	snprintf(sql, sizeof(sql), "SELECT rows FROM batches WHERE id = %lld", (long long)b6);
+	CHECK(q(sql) > 30);
+	teardown();
+}
+
+/* 413: split in two halves; a single row cannot be split. Dead letters keep
+ * profile, attribute, value and reason; profiles are released. */
+static void test_split_and_kill(void)
+{
+	setup();
+	stage_many("r%02d", 25);
+	cfg.batch.max_rows = 10;
+	int64_t b1 = queue_build(qu, &cfg, 1000);
+	int64_t b2 = queue_build(qu, &cfg, 3);
+	CHECK(b1 == 1 && b2 == 2);
+	CHECK(queue_split(qu, b1) == 0);
+	CHECK(q("SELECT state FROM batches WHERE id = 1") == 0); /* text 'split' reads as 0 */
+	CHECK(q("SELECT count(*) FROM batches WHERE state = 'ready' AND rows = 5") == 2);
+	CHECK(q("SELECT count(*) FROM profiles WHERE inflight_batch = 1") == 0);
+	CHECK(q("SELECT count(DISTINCT inflight_batch) FROM profiles WHERE id BETWEEN 'r00' AND 'r09'") == 2);
+	CHECK(queue_split(qu, b2 + 100) == -E2BIG);
+
+	CHECK(queue_kill(qu, b2, "HTTP 400", "bad request", 0) == 0);
+	CHECK(q("SELECT count(*) FROM dead_letters WHERE reason = 'HTTP 400' AND attr = 'a' AND value = '1'") == 3);
+	CHECK(q("SELECT count(*) FROM profiles WHERE inflight_batch = 2") == 0);
+	CHECK(q("SELECT count(*) FROM batch_rows WHERE batch_id = 2") == 0);
+	CHECK(q("SELECT state FROM batches WHERE id = 2") == 0 &&
+	      q("SELECT count(*) FROM batches WHERE id = 2 AND state = 'dead'") == 1);
+	teardown();
+}
+
+/* Stuck: re-queued once (as a linked batch), dead-lettered the second time. */
+static void test_stuck(void)
+{
+	setup();
+	stage_many("s%03d", 40);
+	int64_t b = queue_build(qu, &cfg, 1000);
+	int64_t rows = q("SELECT rows FROM batches WHERE id = 1");
+	CHECK(b == 1 && rows == 40);
+	accept_awaiting_status(b);
+	CHECK(queue_requeue_stuck(qu, b) == 0);
+	int64_t again = q("SELECT id FROM batches WHERE requeue_of = 1");
+	CHECK(again > b);
+	CHECK(q("SELECT rows FROM batches WHERE requeue_of = 1") == rows);
+	accept_awaiting_status(again);
+	CHECK(queue_requeue_stuck(qu, again) == 0);
+	CHECK(q("SELECT count(*) FROM dead_letters WHERE reason LIKE '%stuck again%'") == rows);
+	teardown();
+}
+
+/* The stored header is in ascending id order (the body's column order),
+ * whatever order the rows first used the attributes in; a header cut inside a
+ * varint is refused, and so is writing its body. */
+static void test_header_order(void)
+{
+	setup();
+	stage("hdr-0", (const char *[]){ "city=x", "loyaltyTier=y", NULL });
+	stage("hdr-1", (const char *[]){ "zz_new_attr=1", NULL });
+	stage("hdr-2", (const char *[]){ "city=Utrecht", "loyaltyTier=gold", NULL });
+	int64_t hb = queue_build(qu, &cfg, 1000);
+	CHECK(hb > 0);
+	uint32_t *hids = NULL;
+	size_t hn = 0;
+	CHECK(queue_header_ids(qu, hb, &hids, &hn) == 0 && hn >= 3);
+	for (size_t i = 1; i < hn; i++)
+		CHECK(hids[i - 1] < hids[i]);
+	free(hids);
+	char sql[128];
+	snprintf(sql, sizeof(sql), "UPDATE batches SET header = x'0180' WHERE id = %lld", (long long)hb);
+	CHECK(store_exec(st, sql) == 0);
+	CHECK(queue_header_ids(qu, hb, &hids, &hn) == -EINVAL && hids == NULL);
+	int sink = open("/dev/null", O_WRONLY);
+	CHECK(sink >= 0 && queue_write_body(qu, &cfg, hb, sink) == -EINVAL);
+	close(sink);
+	teardown();
+}
+
+/* A body of several writer chunks: every row arrives once, in order. Then
+ * the write errors a sender can meet: a full disk and a bad descriptor. */
+static void test_large_body(void)
+{
+	setup();
+	char id[32], val[128];
+	enum { N = 20000 }; /* 2.4 MB: two chunks and a rest */
+	store_begin(st);
+	for (int i = 0; i < N; i++) {
+		snprintf(id, sizeof(id), "big%05d", i);
+		snprintf(val, sizeof(val), "bulk=v%05d %0100d", i, i);
+		set_of(st, &in, (const char *[]){ val, NULL });
+		CHECK(stage_profile(&sg, id, strlen(id), &in, "test", NULL) >= 0);
+	}
+	store_commit(st);
+	int64_t b = queue_build(qu, &cfg, N);
+	CHECK(b > 0 && q("SELECT rows FROM batches ORDER BY id DESC LIMIT 1") == N);
+	struct buf want;
+	buf_init(&want);
+	CHECK(buf_append(&want, "batch=thirdPartyId,bulk\n", 24) == 0);
+	for (int i = 0; i < N; i++) {
+		char line[200];
+		int n = snprintf(line, sizeof(line), "big%05d,v%05d%%20%0100d\n", i, i, i);
+		CHECK(buf_append(&want, line, (size_t)n) == 0);
+	}
+	CHECK(want.len > 2 * BODY_WRITER_CHUNK);
+	CHECK(q("SELECT bytes FROM batches ORDER BY id DESC LIMIT 1") == (int64_t)want.len);
+	char *text = body(b);
+	CHECK(text && strlen(text) == want.len && memcmp(text, want.data, want.len) == 0);
+	free(text);
+	/* The space reserved for the body never makes the file longer, even when
+	 * the stored size is more than the body. */
+	char sql[128];
+	snprintf(sql, sizeof(sql), "UPDATE batches SET bytes = bytes + 1000000 WHERE id = %lld", (long long)b);
+	CHECK(store_exec(st, sql) == 0);
+	text = body(b);
+	CHECK(text && strlen(text) == want.len && memcmp(text, want.data, want.len) == 0);
+	free(text);
+
+	int full = open("/dev/full", O_WRONLY);
+	CHECK(full >= 0 && queue_write_body(qu, &cfg, b, full) == -ENOSPC);
+	close(full);
+	int closed = open("/dev/null", O_WRONLY);
+	close(closed);
+	CHECK(queue_write_body(qu, &cfg, b, closed) == -EBADF);
+	buf_finish(&want);
+	accept(b);
+	teardown();
+}
+
+/* The steps of one batch as the sender takes them: posting is recorded and
+ * counted against the daily budget, a retry with an echo, the poll schedule,
+ * completion, and a crash while posting recovered as ready with echoes. */
+static bool collect_poll(void *arg, int64_t id, const char *url)
+{
+	int64_t *got = arg;
+	*got = id;
+	return true;
+}
+
+static void test_sender_steps(void)
+{
+	setup();
+	stage("p1", (const char *[]){ "a=1", NULL });
+	stage("p2", (const char *[]){ "a=2", NULL });
+	int64_t b = queue_build(qu, &cfg, 1000);
+	int64_t next = -1;
+	CHECK(queue_next_ready(qu, 1000, &next) == b);
+	CHECK(queue_mark_posting(qu, b, 5000, 42) == 0);
+	int64_t rows = 0, oldest = 0;
+	CHECK(queue_rows_sent(qu, 0, &rows, &oldest) == 0 && rows == 2 && oldest == 5000);
+	struct queue_batch info;
+	CHECK(queue_get(qu, b, &info) == 0 && info.state == BATCH_POSTING && info.attempts == 1 && info.rows == 2);
+	/* A lost answer: ready again at 9000, latest values echoed at 8000. */
+	CHECK(queue_retry(qu, b, 9000, 502, "HTTP 502", 0, 8000) == 0);
+	CHECK(queue_next_ready(qu, 8999, &next) == 0 && next == 9000);
+	CHECK(q("SELECT count(*) FROM echoes WHERE due_at = 8000") == 2);
+	/* Echoes wait while their profiles are in flight. */
+	int n = -1;
+	int64_t echo_next = 0;
+	CHECK(queue_run_echoes(qu, 8500, &n, &echo_next) == 0 && n == 0);
+	/* A crash while posting: recovered as ready; echoes due a timeout after sending. */
+	CHECK(queue_mark_posting(qu, b, 10000, 42) == 0);
+	int64_t recovered = 0;
+	CHECK(queue_recover(qu, 700, &recovered) == 0 && recovered == 1);
+	CHECK(queue_get(qu, b, &info) == 0 && info.state == BATCH_READY);
+	CHECK(q("SELECT count(*) FROM echoes WHERE due_at = 10700") == 2);
+	CHECK(queue_mark_posting(qu, b, 11000, 42) == 0);
+	CHECK(queue_accept(qu, b, "http://edge/m2/demo/profile/batchStatus?batchId=x-1", "x-1", 12000) == 0);
+	CHECK(queue_get(qu, b, &info) == 0 && info.state == BATCH_SUBMITTED);
+	int64_t polled = 0, poll_next = 0;
+	CHECK(queue_due_polls(qu, 11999, collect_poll, &polled, &poll_next) == 0 && polled == 0 && poll_next == 12000);
+	CHECK(queue_due_polls(qu, 12000, collect_poll, &polled, &poll_next) == 0 && polled == b);
+	bool gave_up = true;
+	CHECK(queue_poll_again(qu, b, 13000, "", 0, &gave_up) == 0 && !gave_up);
+	struct queue_counts_at_target counts = { 2, 2, 0, 0 };
+	CHECK(queue_complete(qu, b, &counts) == 0);
+	CHECK(queue_get(qu, b, &info) == 0 && info.state == BATCH_COMPLETE && info.polls == 2);
+	CHECK(q("SELECT count(*) FROM batch_rows") == 0);
+	/* Now the echoes run: both profiles' latest values are pending again. */
+	CHECK(queue_run_echoes(qu, 20000, &n, &echo_next) == 0 && n == 2 && echo_next == 0);
+	CHECK(q("SELECT count(*) FROM profiles WHERE pending IS NOT NULL") == 2);
+	struct queue_counts c;
+	CHECK(queue_counts(qu, true, &c) == 0 && c.pending_profiles == 2 && c.batches[BATCH_COMPLETE] == 1 &&
+	      c.echoes == 0);
+	teardown();
+}
+
+/* Retrying dead letters stages them again; a value staged since wins. */
+static void test_retry_dead(void)
+{
+	setup();
+	stage("p1", (const char *[]){ "a=1", "b=2", NULL });
+	int64_t b = queue_build(qu, &cfg, 1000);
+	CHECK(queue_kill(qu, b, "HTTP 400", "", 0) == 0);
+	CHECK(q("SELECT count(*) FROM dead_letters") == 2);
+	stage("p1", (const char *[]){ "a=9", NULL }); /* supersedes the dead letter for a */
+	CHECK(q("SELECT count(*) FROM dead_letters") == 1);
+	int64_t n = 0;
+	CHECK(queue_retry_dead(qu, NULL, 0, &n) == 0 && n == 1);
+	CHECK_STR(column_value(st, "p1", "pending", "a", v, sizeof(v)), "9");
+	CHECK_STR(column_value(st, "p1", "pending", "b", v, sizeof(v)), "2");
+	CHECK(q("SELECT count(*) FROM dead_letters") == 0);
+	teardown();
+}
+
+int main(void)
+{
+	RUN(test_body_and_acceptance);
+	RUN(test_limits);
+	RUN(test_split_and_kill);
+	RUN(test_stuck);
+	RUN(test_header_order);
+	RUN(test_large_body);
+	RUN(test_sender_steps);
+	RUN(test_retry_dead);
+	return check_result("test_queue");
+}
