@@ -384,7 +384,7 @@ static int apply_mapping(struct loader *l, const char *where, const struct key_d
 	return 0;
 }
 
-const char *source_type_name(enum source_type type)
+const char *config_source_type_name(enum source_type type)
 {
 	return source_types[type];
 }
@@ -424,7 +424,7 @@ static bool valid_source_name(const char *s)
 static void check_source_kind(struct loader *l, struct source_config *src, yaml_node_t *item, const char *where)
 {
 	bool is_db = src->type == SOURCE_SQLITE || src->type == SOURCE_POSTGRES;
-	const char *type = source_type_name(src->type);
+	const char *type = config_source_type_name(src->type);
 	if (src->type == SOURCE_POSTGRES) {
 		if (!src->dsn)
 			report(l, &item->start_mark, "%s: a postgres source needs dsn", where);

@@ -98,7 +98,7 @@ int config_load_buffer(const char *name, const char *text, size_t len, struct co
 void config_destroy(struct config *cfg);
 
 /* The name of a source type as in the configuration ("spool", "postgres", ...). */
-const char *source_type_name(enum source_type type);
+const char *config_source_type_name(enum source_type type);
 
 /* The source called name, or NULL. */
 const struct source_config *config_find_source(const struct config *cfg, const char *name);

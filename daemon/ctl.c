@@ -37,9 +37,11 @@ static const struct command {
 	  "Per source: files ingested and failed, rows read, staged and rejected, the last\n"
 	  "file and problem; for a file being read, rows, bytes and rows/s; for snapshots,\n"
 	  "the profiles missing from the last version (Target keeps their values)." },
-	{ "batches", "[--limit N]", "recent batches and their state at Target",
-	  "The newest N batches (default 20): state, rows, bytes, attempts, when sent,\n"
-	  "Target's status and counts (successful, profilesNotFound, failed) or last error." },
+	{ "batches", "[--limit N] [--state S]", "recent batches and their state at Target",
+	  "The newest N batches (default 20), or the newest in state S (ready, posting,\n"
+	  "submitted, complete, stuck, dead, split, unconfirmed): state, rows, bytes,\n"
+	  "attempts, when sent, Target's status and counts (successful, profilesNotFound,\n"
+	  "failed) or last error." },
 	{ "dead", "[--limit N]", "dead letters: values that could not be delivered",
 	  "The newest N dead letters (default 50) with profile, attribute, value, reason,\n"
 	  "attempts and Target's last answer, and the total." },
@@ -268,12 +270,14 @@ int main(int argc, char **argv)
 		{ "json", no_argument, NULL, 'j' },
 		{ "limit", required_argument, NULL, 'l' },
 		{ "all", no_argument, NULL, 'a' },
+		{ "state", required_argument, NULL, 'S' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *path = getenv("TPSYNC_SOCKET") ? getenv("TPSYNC_SOCKET") : DEFAULT_SOCKET;
 	bool as_json = false, all = false;
 	long limit = 0;
+	const char *state = NULL;
 	int opt;
 	while ((opt = getopt_long(argc, argv, "s:h", options, NULL)) != -1) {
 		switch (opt) {
@@ -295,6 +299,18 @@ int main(int argc, char **argv)
 		case 'a':
 			all = true;
 			break;
+		case 'S': {
+			enum batch_state s;
+			if (batch_state_parse(optarg, &s) < 0) {
+				fprintf(stderr, "tpsyncctl: --state: \"%s\" is not one of", optarg);
+				for (int i = 0; i < BATCH_STATE_COUNT; i++)
+					fprintf(stderr, " %s", batch_state_name((enum batch_state)i));
+				fputc('\n', stderr);
+				return EXIT_USAGE;
+			}
+			state = optarg;
+			break;
+		}
 		case 'h':
 			usage(stdout);
 			return 0;
@@ -334,6 +350,8 @@ int main(int argc, char **argv)
 	json_t *args = json_object();
 	if (limit)
 		json_object_set_new(args, "limit", json_integer(limit));
+	if (state)
+		json_object_set_new(args, "state", json_string(state));
 	if (strcmp(cmd, "rescan") == 0 && optind < argc)
 		json_object_set_new(args, "source", json_string(argv[optind++]));
 	if (strcmp(cmd, "retry-dead") == 0) {

@@ -389,7 +389,13 @@ static json_t *cmd_sources(void *arg, json_t *args, char *err, size_t size)
 static json_t *cmd_batches(void *arg, json_t *args, char *err, size_t size)
 {
 	struct daemon *d = arg;
-	json_t *arr = queue_batches_json(d->queue, limit_arg(args, 20));
+	enum batch_state state;
+	const char *name = json_string_value(json_object_get(args, "state"));
+	if (name && batch_state_parse(name, &state) < 0) {
+		snprintf(err, size, "no batch state \"%s\"", name);
+		return NULL;
+	}
+	json_t *arr = queue_batches_json(d->queue, limit_arg(args, 20), name ? &state : NULL);
 	if (!arr) {
 		snprintf(err, size, "state database error: %s", store_error(d->st));
 		return NULL;

@@ -84,10 +84,16 @@ static void progress(struct ingest *ig)
 		ig->l->progress(ig->arg);
 }
 
+/* The next slice runs from a zero-delay timer, not event_active: libevent runs
+ * events activated from a callback in the same pass, without polling for
+ * anything else, so a file whose slices stage nothing (an unchanged snapshot)
+ * would hold the loop from its first row to its last. A timer waits for the
+ * next pass, after the control socket and curl's sockets were polled. */
 static void schedule(struct ingest *ig)
 {
-	if (!ig->is_paused && (ig->active || ig->head))
-		event_active(ig->tick, 0, 0);
+	static const struct timeval now = { 0, 0 };
+	if (!ig->is_paused && (ig->active || ig->head) && evtimer_add(ig->tick, &now) < 0)
+		log_err("msg=\"cannot schedule ingestion\"");
 }
 
 static void job_free(struct job *j)
@@ -839,7 +845,7 @@ struct ingest *ingest_create(struct event_base *base, struct store *st, const ch
 	ig->l = l;
 	ig->arg = arg;
 	ig->hash_buf = malloc(HASH_CHUNK);
-	ig->tick = event_new(base, -1, 0, on_tick, ig);
+	ig->tick = evtimer_new(base, on_tick, ig);
 	ig->retry = evtimer_new(base, on_retry, ig);
 	if (!ig->hash_buf || !ig->tick || !ig->retry) {
 		ingest_destroy(ig);

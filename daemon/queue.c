@@ -910,11 +910,12 @@ int queue_counts(struct queue *q, bool with_all_states, struct queue_counts *c)
 	return failed ? -EIO : 0;
 }
 
-json_t *queue_batches_json(struct queue *q, int64_t limit)
+json_t *queue_batches_json(struct queue *q, int64_t limit, const enum batch_state *state)
 {
 	sqlite3_stmt *s = store_prepare(q->st, "SELECT id, state, rows, bytes, attempts, created_at, sent_at, answered_at,"
 					       " completed_at, target_batch_id, target_status, successful, not_found, failed,"
-					       " http_status, last_error FROM batches ORDER BY id DESC LIMIT ?", "i", limit);
+					       " http_status, last_error FROM batches WHERE ?2 IS NULL OR state = ?2"
+					       " ORDER BY id DESC LIMIT ?1", "it", limit, state ? S(*state) : NULL);
 	json_t *arr = s ? json_array() : NULL;
 	int rc = SQLITE_DONE;
 	while (arr && (rc = sqlite3_step(s)) == SQLITE_ROW) {

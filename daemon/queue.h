@@ -152,9 +152,9 @@ int queue_counts(struct queue *q, bool with_all_states, struct queue_counts *c);
 /* Rows sent in the 24 hours before now. */
 int64_t queue_rows_last_day(struct queue *q, int64_t now);
 
-/* The newest limit batches as a JSON array (id, state, rows, bytes, attempts,
- * times, Target's batch id, status and counts, last error); NULL on a database
- * error or ENOMEM. The caller owns it. */
-json_t *queue_batches_json(struct queue *q, int64_t limit);
+/* The newest limit batches (in state, when not NULL) as a JSON array (id,
+ * state, rows, bytes, attempts, times, Target's batch id, status and counts,
+ * last error); NULL on a database error or ENOMEM. The caller owns it. */
+json_t *queue_batches_json(struct queue *q, int64_t limit, const enum batch_state *state);
 
 #endif

@@ -27,7 +27,7 @@ int source_create(struct source_env *env, const struct source_config *cfg, struc
 	const struct source_ops *ops = (size_t)cfg->type < sizeof(drivers) / sizeof(drivers[0]) ? drivers[cfg->type] : NULL;
 	if (!ops) {
 		/* The config loader refuses such a source; this is a second line. */
-		snprintf(err, err_size, "type %s is not built into this tpsyncd", source_type_name(cfg->type));
+		snprintf(err, err_size, "type %s is not built into this tpsyncd", config_source_type_name(cfg->type));
 		return -ENOTSUP;
 	}
 	struct source *s = calloc(1, sizeof(*s));
@@ -76,7 +76,7 @@ json_t *source_status_json(const struct source *s)
 {
 	const struct source_stats *st = &s->stats;
 	json_t *o = json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I}", "name", s->cfg->name, "type",
-			      source_type_name(s->cfg->type), "path", s->cfg->path ? s->cfg->path : s->cfg->dsn, "files",
+			      config_source_type_name(s->cfg->type), "path", s->cfg->path ? s->cfg->path : s->cfg->dsn, "files",
 			      (json_int_t)st->files, "files_failed", (json_int_t)st->files_failed, "rows_read",
 			      (json_int_t)st->rows_read, "rows_staged", (json_int_t)st->rows_staged, "rows_rejected",
 			      (json_int_t)st->rows_rejected, "last_file_at", (json_int_t)st->last_file_at);

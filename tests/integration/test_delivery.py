@@ -221,6 +221,10 @@ def test_stuck_requeued_once_then_dead(case):
     assert len(attempts_for(case, "c1")) == 2  # the original and one re-queue
     states = [b["state"] for b in d.ctl("batches")["batches"]]
     assert sorted(states) == ["dead", "stuck"], states
+    dead = d.ctl("batches", "--state", "dead")["batches"]
+    assert [b["state"] for b in dead] == ["dead"], dead
+    r = d.ctl("batches", "--state", "nonsense", check=False, as_json=False)
+    assert r.returncode == 64 and "unconfirmed" in r.stderr, r
 
 
 def test_status_incomplete_many_times(case):

@@ -35,13 +35,13 @@ static void fixture_cleanup(struct store *st)
 		fprintf(stderr, "cannot remove %s\n", fixture_dir);
 }
 
-static uint32_t attr(struct store *st, const char *name)
+static inline uint32_t attr(struct store *st, const char *name)
 {
 	return (uint32_t)store_attr_id(st, name, strlen(name));
 }
 
 /* Builds a set from "name=value" pairs (NULL-terminated). Values are views. */
-static void set_of(struct store *st, struct attrset *s, const char *const *pairs)
+static inline void set_of(struct store *st, struct attrset *s, const char *const *pairs)
 {
 	attrset_clear(s);
 	for (; *pairs; pairs++) {
@@ -54,7 +54,7 @@ static void set_of(struct store *st, struct attrset *s, const char *const *pairs
 
 /* The value of attribute name in column col (accepted, inflight, pending) of
  * profile id, copied into out; "" if absent, "(none)" if the column is NULL. */
-static const char *column_value(struct store *st, const char *id, const char *col, const char *name, char *out, size_t size)
+static inline const char *column_value(struct store *st, const char *id, const char *col, const char *name, char *out, size_t size)
 {
 	char sql[128];
 	snprintf(sql, sizeof(sql), "SELECT %s FROM profiles WHERE id = ?", col);

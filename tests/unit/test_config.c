@@ -71,7 +71,7 @@ static void full(void)
 	CHECK_STR(cfg->sources[2].password_file, "/etc/pw");
 	CHECK_STR(cfg->sources[2].listen, "changed");
 	CHECK(cfg->sources[2].poll_ms == 120000);
-	CHECK_STR(source_type_name(cfg->sources[2].type), "postgres");
+	CHECK_STR(config_source_type_name(cfg->sources[2].type), "postgres");
 #else
 	CHECK(cfg->n_sources == 2);
 #endif

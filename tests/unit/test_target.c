@@ -1,13 +1,136 @@
 /* SPDX-License-Identifier: MIT */
 /* Target's URLs, XML answers and where the token may go. */
 #include <errno.h>
+#include <stdbool.h>
 #include <stdlib.h>
 
 #include "check.h"
 #include "config.h"
 #include "target.h"
 
-int main(void)
+/* Every outcome of a submission against DESIGN.md's guarantee 5, one row each:
+ * network errors, 408, 429 and 5xx are retried (Retry-After honoured for HTTP
+ * answers; an answer that may have been applied is marked uncertain, so the
+ * latest values follow once more); 401/403 pause; 413 splits; success=false is
+ * a counted rejection; other answers dead-letter; success=true is accepted. */
+static void test_judge_submit(void)
+{
+	static const char ok_xml[] = "<response><success>true</success><batchStatus>http://e/s?batchId=b</batchStatus>"
+				     "</response>";
+	static const char no_xml[] = "<response><success>false</success><message>Unexpected error</message></response>";
+	static const char odd_xml[] = "<response><message>no success element</message></response>";
+	static const struct {
+		const char *what;
+		CURLcode res;
+		long http;
+		const char *xml; /* NULL: the body did not parse */
+		enum target_verdict verdict;
+		enum target_cause cause;
+		bool is_uncertain, use_retry_after;
+		const char *why; /* a part of the message */
+	} cases[] = {
+		{ "accepted", CURLE_OK, 200, ok_xml, TARGET_ACCEPTED, TARGET_CAUSE_NONE, false, false, "" },
+		{ "success=false", CURLE_OK, 200, no_xml, TARGET_REJECTED, TARGET_CAUSE_REJECTED, false, false,
+		  "success=false: Unexpected error" },
+		{ "200 without success", CURLE_OK, 200, odd_xml, TARGET_RETRY, TARGET_CAUSE_GARBAGE, true, false, "unreadable" },
+		{ "200 garbage", CURLE_OK, 200, NULL, TARGET_RETRY, TARGET_CAUSE_GARBAGE, true, false, "unreadable" },
+		{ "408", CURLE_OK, 408, NULL, TARGET_RETRY, TARGET_CAUSE_HTTP, false, true, "HTTP 408" },
+		{ "429", CURLE_OK, 429, NULL, TARGET_RETRY, TARGET_CAUSE_HTTP, false, true, "HTTP 429" },
+		{ "503", CURLE_OK, 503, NULL, TARGET_RETRY, TARGET_CAUSE_HTTP, false, true, "HTTP 503" },
+		{ "500", CURLE_OK, 500, NULL, TARGET_RETRY, TARGET_CAUSE_HTTP, true, true, "HTTP 500" },
+		{ "502", CURLE_OK, 502, NULL, TARGET_RETRY, TARGET_CAUSE_HTTP, true, true, "HTTP 502" },
+		{ "504", CURLE_OK, 504, NULL, TARGET_RETRY, TARGET_CAUSE_HTTP, true, true, "HTTP 504" },
+		{ "401", CURLE_OK, 401, NULL, TARGET_AUTH, TARGET_CAUSE_NONE, false, false, "401" },
+		{ "403", CURLE_OK, 403, NULL, TARGET_AUTH, TARGET_CAUSE_NONE, false, false, "403" },
+		{ "413", CURLE_OK, 413, NULL, TARGET_SPLIT, TARGET_CAUSE_NONE, false, false, "413" },
+		{ "400", CURLE_OK, 400, NULL, TARGET_DEAD, TARGET_CAUSE_NONE, false, false, "HTTP 400" },
+		{ "404", CURLE_OK, 404, NULL, TARGET_DEAD, TARGET_CAUSE_NONE, false, false, "HTTP 404" },
+		{ "refused", CURLE_COULDNT_CONNECT, 0, NULL, TARGET_RETRY, TARGET_CAUSE_NETWORK, false, false, "network" },
+		{ "no such host", CURLE_COULDNT_RESOLVE_HOST, 0, NULL, TARGET_RETRY, TARGET_CAUSE_NETWORK, false, false,
+		  "network" },
+		{ "timeout", CURLE_OPERATION_TIMEDOUT, 0, NULL, TARGET_RETRY, TARGET_CAUSE_NETWORK, true, false, "network" },
+		{ "dropped", CURLE_GOT_NOTHING, 0, NULL, TARGET_RETRY, TARGET_CAUSE_NETWORK, true, false, "network" },
+		{ "reset", CURLE_RECV_ERROR, 0, NULL, TARGET_RETRY, TARGET_CAUSE_NETWORK, true, false, "network" },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct target_answer a;
+		bool parsed = cases[i].xml && target_parse_answer(cases[i].xml, strlen(cases[i].xml), &a) == 0;
+		struct target_judgement j;
+		target_judge_submit(cases[i].res, "", cases[i].http, parsed ? &a : NULL, "body", &j);
+		bool good = j.verdict == cases[i].verdict && j.cause == cases[i].cause &&
+			    j.is_uncertain == cases[i].is_uncertain && j.use_retry_after == cases[i].use_retry_after &&
+			    strstr(j.why, cases[i].why) != NULL;
+		if (!good)
+			fprintf(stderr, "judge_submit: %s: verdict %d cause %d uncertain %d retry_after %d why \"%s\"\n",
+				cases[i].what, j.verdict, j.cause, j.is_uncertain, j.use_retry_after, j.why);
+		CHECK(good);
+		if (parsed)
+			target_answer_finish(&a);
+	}
+	/* Only a connection never made is known not to have reached Target (and
+	 * does not use the call budget). */
+	CHECK(!target_call_reached(CURLE_COULDNT_CONNECT) && !target_call_reached(CURLE_COULDNT_RESOLVE_HOST));
+	CHECK(target_call_reached(CURLE_OK) && target_call_reached(CURLE_OPERATION_TIMEDOUT));
+}
+
+/* Every outcome of a status poll. */
+static void test_judge_poll(void)
+{
+	static const struct {
+		const char *what;
+		CURLcode res;
+		long http;
+		const char *xml;
+		enum target_poll_verdict verdict;
+	} cases[] = {
+		{ "complete", CURLE_OK, 200, "<response><batchId>b</batchId><status>complete</status></response>",
+		  TARGET_POLL_COMPLETE },
+		{ "incomplete", CURLE_OK, 200, "<response><status>incomplete</status></response>", TARGET_POLL_INCOMPLETE },
+		{ "stuck", CURLE_OK, 200, "<response><status>stuck</status></response>", TARGET_POLL_STUCK },
+		{ "no status", CURLE_OK, 200, "<response></response>", TARGET_POLL_INCOMPLETE },
+		{ "garbage", CURLE_OK, 200, NULL, TARGET_POLL_RETRY },
+		{ "500", CURLE_OK, 500, NULL, TARGET_POLL_RETRY },
+		{ "401", CURLE_OK, 401, NULL, TARGET_POLL_AUTH },
+		{ "403", CURLE_OK, 403, NULL, TARGET_POLL_AUTH },
+		{ "timeout", CURLE_OPERATION_TIMEDOUT, 0, NULL, TARGET_POLL_RETRY },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct target_answer a;
+		bool parsed = cases[i].xml && target_parse_answer(cases[i].xml, strlen(cases[i].xml), &a) == 0;
+		char why[256];
+		enum target_poll_verdict v = target_judge_poll(cases[i].res, "", cases[i].http, parsed ? &a : NULL, "body",
+							       why, sizeof(why));
+		if (v != cases[i].verdict)
+			fprintf(stderr, "judge_poll: %s: got %d\n", cases[i].what, v);
+		CHECK(v == cases[i].verdict);
+		CHECK((v == TARGET_POLL_RETRY || v == TARGET_POLL_AUTH) == (why[0] != '\0'));
+		if (parsed)
+			target_answer_finish(&a);
+	}
+}
+
+/* Target's rules for ids and names, and the batch id of a status URL. */
+static void test_rules(void)
+{
+	CHECK(target_profile_id_problem("cust-1", 6) == NULL);
+	CHECK(target_profile_id_problem("", 0) != NULL);
+	CHECK(target_profile_id_problem("a+b", 3) != NULL && target_profile_id_problem("a/b", 3) != NULL);
+	CHECK(target_profile_id_problem("a\tb", 3) != NULL);
+	char long_id[130];
+	memset(long_id, 'x', sizeof(long_id));
+	CHECK(target_profile_id_problem(long_id, 128) == NULL && target_profile_id_problem(long_id, 129) != NULL);
+	CHECK(target_attr_name_valid("loyalty.tier_2-x", 16) && !target_attr_name_valid("a b", 3));
+	CHECK(!target_attr_name_valid("", 0) && !target_attr_name_valid("x=y", 3));
+	char bid[64];
+	CHECK(target_batch_id_of("http://e/m2/demo/v2/profile/batchStatus?batchId=demo-1&m2Node=00", bid, sizeof(bid)));
+	CHECK_STR(bid, "demo-1");
+	CHECK(target_batch_id_of("http://e/s?m2Node=00&batchId=z", bid, sizeof(bid)));
+	CHECK_STR(bid, "z");
+	CHECK(!target_batch_id_of("http://e/s?xbatchId=z", bid, sizeof(bid)));
+	CHECK(!target_batch_id_of("http://e/s", bid, sizeof(bid)));
+}
+
+static void test_urls_and_answers(void)
 {
 	struct config cfg = { 0 };
 	cfg.target.base_url = "https://demo.tt.omtrdc.net";
@@ -60,5 +183,13 @@ int main(void)
 				  "<other><success>true</success></other>", "<response><success>true</response>" };
 	for (size_t i = 0; i < sizeof(garbage) / sizeof(garbage[0]); i++)
 		CHECK(target_parse_answer(garbage[i], strlen(garbage[i]), &a) == -EBADMSG);
+}
+
+int main(void)
+{
+	RUN(test_urls_and_answers);
+	RUN(test_judge_submit);
+	RUN(test_judge_poll);
+	RUN(test_rules);
 	return check_result("test_target");
 }
