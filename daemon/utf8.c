@@ -5,9 +5,8 @@
 #include <stdint.h>
 #include <string.h>
 
-bool utf8_valid(const char *str, size_t len)
+bool utf8_valid_from(const unsigned char *s, const unsigned char *end)
 {
-	const unsigned char *s = (const unsigned char *)str, *end = s + len;
 	while (s < end) {
 		/* ASCII runs, eight bytes at a time. */
 		while (end - s >= 8) {
