@@ -6,7 +6,7 @@ set -euo pipefail
 PACKAGES=(
   gcc pkg-config meson ninja-build
   libevent-dev libcurl4-openssl-dev libsqlite3-dev libyaml-dev libexpat1-dev libjansson-dev libsystemd-dev libpq-dev
-  sqlite3 python3 scdoc curl ca-certificates systemd valgrind util-linux
+  libssl-dev openssl sqlite3 python3 scdoc curl ca-certificates systemd valgrind util-linux
 )
 # The test suite: clang for the fuzzers and sanitizers, a PostgreSQL server
 # (started by the tests themselves as an unprivileged user) and psql.

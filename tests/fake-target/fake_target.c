@@ -1,50 +1,76 @@
 /* SPDX-License-Identifier: MIT */
-/* A fake Adobe Target profile API for tests, following ../shared/TARGET_API.md:
- * v1/v2 batchUpdate (form body "batch=" + CSV, every cell percent-decoded; a raw
- * "%" fails the batch with success=false, a raw "&" truncates it, "+" is a space),
- * batchStatus (incomplete N times, then complete, with showDetails counts), the
- * profile fetch, an optional bearer token, and the limits (500,000 rows, 50 MB,
- * 64 KB per profile, calls per minute -> 503). It records every request and
- * every limit or ordering violation, and serves them as JSON to tests:
- *   GET  /__state     profiles, counters, violations
+/* A fake Adobe Target profile API for tests, as hard to please as production
+ * (../shared/TARGET_API.md):
+ *   - v1/v2 batchUpdate: form body "batch=" + CSV, every cell percent-decoded
+ *     (a raw "%" fails the batch with success=false, a raw "&" truncates it,
+ *     "+" is a space); the limits (500,000 rows, 50 MB, 64 KB per profile).
+ *   - Over TLS when given a certificate (--tls-cert/--tls-key), on 127.0.0.1.
+ *   - Batch status served by a second "edge" host (127.0.0.2, its own port),
+ *     given in the answer with http:// as Adobe's examples do; with TLS that
+ *     host speaks TLS only, so a client that polls it over plain http fails (and
+ *     is recorded as a violation). v2 status URLs carry &m2Node=00.
+ *   - Asynchronous processing: an accepted batch is processed after
+ *     process_delay_ms, in the order accepted; only then are its rows applied and
+ *     its status complete. status_polls more polls say incomplete first (legacy).
+ *   - Per-row failures: a share of rows (deterministic by id and how often the
+ *     id was seen) fails; v2 status lists them as <profile><id>..</id>
+ *     <status>failed</status></profile>, and they are not applied.
+ *   - Silent loss: a share of rows is reported fine but never applied.
+ *   - v2 override: a profile holds what its last page visit (mbox call) left
+ *     plus only its latest batch row since (POST /__visit stands for a page).
+ *   - One rolling call budget for submissions and status polls, shared with
+ *     other tools of the account (other_calls_per_minute): above it, 503.
+ *   - The profile fetch API in its JSON shape (attributes with modifiedAt), 404
+ *     in its shape.
+ *   - A bearer token checked on every endpoint.
+ * It records every request and every violation (a limit or ordering rule
+ * broken, a token or body on plain http), and serves them as JSON to tests:
+ *   GET  /__state     profiles (as fetch would show them), counters, violations
  *   GET  /__requests  one entry per submission (ids, status, timing, fault)
  *   POST /__fault     {"mode": M, "count": N, ...}: queue faults for submissions
  *                     or polls (see fault_names below)
- *   POST /__config    {"token": T, "status_polls": N, "calls_per_minute": N,
- *                      "fault_rate": P, "seed": S}
+ *   POST /__config    {"token", "status_polls", "calls_per_minute", "fault_rate",
+ *                      "seed", "process_delay_ms", "row_failure_rate", "loss_rate",
+ *                      "other_calls_per_minute", "decode", "fetch_calls_per_minute"}
+ *   POST /__visit     {"id": I, "attrs": {...}}: a page visit sets attributes
  *   POST /__reset     forget everything */
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 #include <getopt.h>
 #include <jansson.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <signal.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MAX_ROWS 500000
 #define MAX_BYTES 50000000
 #define MAX_PROFILE 65536
+#define MAX_CALLS 100000
 
 enum fault {
 	F_NONE, F_500, F_502, F_503, F_504, F_408, F_429, F_401, F_403, F_413, F_400,
-	F_DROP, F_DROP_AFTER_APPLY, F_SLOW, F_SUCCESS_FALSE, F_GARBAGE,
-	F_POLL_STUCK, F_POLL_INCOMPLETE, F_POLL_500, F_POLL_GARBAGE,
+	F_DROP, F_DROP_AFTER_APPLY, F_SLOW, F_SUCCESS_FALSE, F_GARBAGE, F_REDIRECT,
+	F_POLL_STUCK, F_POLL_INCOMPLETE, F_POLL_500, F_POLL_GARBAGE, F_POLL_GONE, F_POLL_401,
 	F_COUNT
 };
 
 static const char *const fault_names[F_COUNT] = {
 	"none", "500", "502", "503", "504", "408", "429", "401", "403", "413", "400",
-	"drop", "drop_after_apply", "slow", "success_false", "garbage",
-	"poll_stuck", "poll_incomplete", "poll_500", "poll_garbage",
+	"drop", "drop_after_apply", "slow", "success_false", "garbage", "302",
+	"poll_stuck", "poll_incomplete", "poll_500", "poll_garbage", "poll_gone", "poll_401",
 };
 
 struct queued_fault {
@@ -58,11 +84,14 @@ struct queued_fault {
 struct batch {
 	char id[64];
 	int size;
-	int polls_left;
+	bool is_v2;
+	int polls_left;       /* legacy: polls that say incomplete before complete */
 	bool is_stuck;
+	bool is_processed;
+	long long ready_at;   /* when processing finishes */
+	json_t *rows;         /* until processed */
 	int successful, not_found, failed;
-	int poll_faults_left; /* poll_500 / poll_garbage */
-	enum fault poll_fault;
+	json_t *failed_ids;   /* array of ids whose rows failed */
 };
 
 struct pending_reply {
@@ -74,8 +103,7 @@ struct pending_reply {
 	char *body;
 	json_t *entry;      /* request log entry to finish */
 	json_t *ids;        /* ids in flight for this request */
-	json_t *apply_rows; /* rows to apply when replying (slow) */
-	bool is_v2;
+	size_t batch;       /* index of the batch to queue for processing when replying */
 	struct pending_reply *next;
 };
 
@@ -83,28 +111,41 @@ static struct pending_reply *pending_replies;
 
 static struct {
 	struct event_base *base;
-	struct evhttp *http;
+	struct evhttp *http, *edge;
+	SSL_CTX *tls;
 	const char *client;
 	char *token;
 	int status_polls;
-	int calls_per_minute;
+	int calls_per_minute;        /* the account's budget (submissions and polls) */
+	int other_calls_per_minute;  /* what other tools of the account use of it */
+	int fetch_calls_per_minute;  /* the fetch API's own budget (0: none) */
+	int process_delay_ms;
+	double row_failure_rate, loss_rate;
+	bool is_decode_first;        /* decode the whole body before splitting rows and cells */
 	double fault_rate;
 	unsigned seed;
-	json_t *profiles;   /* id -> {attr: value} */
+	json_t *profiles;   /* id -> {"base": {attr: [value, ms]}, "row": {attr: [value, ms]}, "at": ms} */
 	json_t *requests;   /* array of request log entries */
 	json_t *violations; /* array of strings */
 	json_t *inflight;   /* id -> number of unanswered requests carrying it */
+	json_t *seen;       /* id -> rows received for it (for deterministic failures) */
+	json_t *lost;       /* [id, ...] rows reported fine but never applied */
 	struct batch *batches;
 	size_t n_batches, cap_batches;
+	size_t next_to_process;     /* batches are processed in the order accepted */
+	size_t *order;              /* indexes of accepted batches, in that order */
+	size_t n_order, cap_order;
 	struct queued_fault faults[64];
 	size_t n_faults;
-	long long calls[1000];
-	size_t n_calls;
-	long long submissions, polls, rejected_rate, auth_failures, rows_received;
+	long long calls[MAX_CALLS], fetch_calls[MAX_CALLS];
+	size_t n_calls, n_fetch_calls;
+	long long submissions, polls, fetches, rejected_rate, auth_failures, rows_received, plain_on_tls;
+	long long rows_failed, rows_lost;
 	double busy_seconds; /* time spent handling submissions, reported apart in benchmarks */
 	bool is_quiet;       /* --no-log: keep no request log (benchmarks) */
 	unsigned long long batch_seq;
-	char host[128];
+	char host[128], edge_host[128];
+	struct event *processor;
 } g;
 
 static long long now_ms(void)
@@ -112,6 +153,15 @@ static long long now_ms(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_REALTIME, &ts);
 	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void iso_time(long long ms, char *out, size_t size)
+{
+	time_t s = (time_t)(ms / 1000);
+	struct tm tm;
+	gmtime_r(&s, &tm);
+	snprintf(out, size, "%04d-%02d-%02dT%02d:%02d:%02d.%03lldZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+		 tm.tm_hour, tm.tm_min, tm.tm_sec, ms % 1000);
 }
 
 static void violation(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -145,22 +195,65 @@ static void reply_json(struct evhttp_request *req, int code, json_t *obj)
 	json_decref(obj);
 }
 
-/* One shared budget of calls per minute, as Target's limits page says. */
+/* A stable 64-bit hash of s and n, for shares that must not change between runs. */
+static uint64_t hash_of(const char *s, long long n, uint64_t salt)
+{
+	uint64_t h = 1469598103934665603ULL ^ salt;
+	for (; *s; s++)
+		h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+	h = (h ^ (uint64_t)n) * 1099511628211ULL;
+	h ^= h >> 29;
+	h *= 0xbf58476d1ce4e5b9ULL;
+	h ^= h >> 32;
+	return h;
+}
+
+static bool in_share(const char *id, long long n, uint64_t salt, double share)
+{
+	return share > 0 && (double)(hash_of(id, n, salt) % 1000000) < share * 1000000.0;
+}
+
+/* --- the call budgets ---------------------------------------------------------------- */
+
+static size_t in_window(long long *calls, size_t *n, long long now)
+{
+	size_t keep = 0;
+	for (size_t i = 0; i < *n; i++)
+		if (now - calls[i] < 60000)
+			calls[keep++] = calls[i];
+	*n = keep;
+	return keep;
+}
+
+/* One shared budget of calls per minute for the account, as Target's limits page
+ * says: the client's own calls plus what other tools use. Above it, 503; the
+ * client breaks the rule only when its own calls are above the budget. */
 static bool rate_exceeded(void)
 {
 	long long now = now_ms();
-	size_t keep = 0;
-	for (size_t i = 0; i < g.n_calls; i++)
-		if (now - g.calls[i] < 60000)
-			g.calls[keep++] = g.calls[i];
-	g.n_calls = keep;
-	if ((int)g.n_calls >= g.calls_per_minute) {
+	size_t own = in_window(g.calls, &g.n_calls, now);
+	if ((int)own + g.other_calls_per_minute >= g.calls_per_minute) {
 		g.rejected_rate++;
-		violation("call rate above %d per minute", g.calls_per_minute);
+		if ((int)own >= g.calls_per_minute)
+			violation("call rate above %d per minute", g.calls_per_minute);
 		return true;
 	}
-	if (g.n_calls < sizeof(g.calls) / sizeof(g.calls[0]))
+	if (g.n_calls < MAX_CALLS)
 		g.calls[g.n_calls++] = now;
+	return false;
+}
+
+static bool fetch_rate_exceeded(void)
+{
+	if (g.fetch_calls_per_minute <= 0)
+		return false;
+	long long now = now_ms();
+	if ((int)in_window(g.fetch_calls, &g.n_fetch_calls, now) >= g.fetch_calls_per_minute) {
+		violation("fetch rate above %d per minute", g.fetch_calls_per_minute);
+		return true;
+	}
+	if (g.n_fetch_calls < MAX_CALLS)
+		g.fetch_calls[g.n_fetch_calls++] = now;
 	return false;
 }
 
@@ -176,6 +269,8 @@ static bool authorized(struct evhttp_request *req)
 	return false;
 }
 
+/* --- decoding ------------------------------------------------------------------------- */
+
 static int hexval(char c)
 {
 	if (c >= '0' && c <= '9')
@@ -187,20 +282,16 @@ static int hexval(char c)
 	return -1;
 }
 
-/* Form-decodes a cell; returns NULL on a raw '%' (Target: "Unexpected error"). */
-static char *decode_cell(const char *s, size_t len)
+/* Form-decodes len bytes into out (at least len + 1); returns the length, or
+ * -1 on a raw '%' (Target: "Unexpected error"). */
+static long form_decode(const char *s, size_t len, char *out)
 {
-	char *out = malloc(len + 1);
 	size_t o = 0;
-	if (!out)
-		return NULL;
 	for (size_t i = 0; i < len; i++) {
 		if (s[i] == '%') {
 			int hi = i + 1 < len ? hexval(s[i + 1]) : -1, lo = i + 2 < len ? hexval(s[i + 2]) : -1;
-			if (hi < 0 || lo < 0) {
-				free(out);
-				return NULL;
-			}
+			if (hi < 0 || lo < 0)
+				return -1;
 			out[o++] = (char)(hi << 4 | lo);
 			i += 2;
 		} else {
@@ -208,18 +299,52 @@ static char *decode_cell(const char *s, size_t len)
 		}
 	}
 	out[o] = '\0';
-	return out;
+	return (long)o;
 }
 
-static char *submit_answer(bool success, const char *batch_id, const char *message)
+static char *submit_answer(bool success, const struct batch *b, const char *message)
 {
-	char *xml;
+	char *xml = NULL;
 	if (success)
-		(void)!asprintf(&xml, "<response>\n  <success>true</success>\n  <batchStatus>http://%s/m2/%s/profile/batchStatus?batchId=%s</batchStatus>\n  <message>Batch submitted for processing</message>\n</response>\n",
-			       g.host, g.client, batch_id);
+		(void)!asprintf(&xml, "<response>\n  <success>true</success>\n  <batchStatus>http://%s/m2/%s/%sprofile/batchStatus?batchId=%s%s</batchStatus>\n  <message>Batch submitted for processing</message>\n</response>\n",
+			       g.edge_host, g.client, b->is_v2 ? "v2/" : "", b->id, b->is_v2 ? "&amp;m2Node=00" : "");
 	else
 		(void)!asprintf(&xml, "<response>\n  <success>false</success>\n  <message>%s</message>\n</response>\n", message);
 	return xml;
+}
+
+/* Splits one line into cells and decodes each (the documented order: rows and
+ * cells are the file's own structure, then each cell is decoded). Returns
+ * NULL after setting *err on a raw '%'. */
+static json_t *split_cells(const char *p, const char *line_end, bool decode, const char **err)
+{
+	json_t *cells = json_array();
+	char *buf = malloc((size_t)(line_end - p) + 1);
+	const char *c = p;
+	for (;;) {
+		const char *comma = memchr(c, ',', (size_t)(line_end - c));
+		const char *ce = comma ? comma : line_end;
+		long n;
+		if (decode) {
+			n = form_decode(c, (size_t)(ce - c), buf);
+		} else {
+			n = ce - c;
+			memcpy(buf, c, (size_t)n);
+			buf[n] = '\0';
+		}
+		if (n < 0) {
+			*err = "Unexpected error";
+			json_decref(cells);
+			free(buf);
+			return NULL;
+		}
+		json_array_append_new(cells, json_stringn(buf, (size_t)n));
+		if (!comma)
+			break;
+		c = comma + 1;
+	}
+	free(buf);
+	return cells;
 }
 
 /* Parses a batch body into rows (array of {id, attrs}); returns an error message
@@ -234,46 +359,38 @@ static const char *parse_batch(const char *body, size_t len, json_t *rows, bool 
 	const char *amp = memchr(body, '&', len);
 	if (amp)
 		len = (size_t)(amp - body);
-	json_t *header = json_array();
+	char *decoded = NULL;
+	if (g.is_decode_first) {
+		/* The other reading: the whole field decoded before rows and cells
+		 * are split, so an encoded ',' or newline inside a value splits it. */
+		decoded = malloc(len + 1);
+		long n = form_decode(body, len, decoded);
+		if (n < 0) {
+			free(decoded);
+			return "Unexpected error";
+		}
+		body = decoded;
+		len = (size_t)n;
+	}
+	json_t *header = NULL;
 	const char *p = body, *end = body + len;
 	const char *err = NULL;
-	bool first = true;
 	while (p < end && !err) {
 		const char *nl = memchr(p, '\n', (size_t)(end - p));
 		const char *le = nl ? nl : end;
 		const char *line_end = le;
 		if (line_end > p && line_end[-1] == '\r')
 			line_end--;
-		json_t *cells = json_array();
-		const char *c = p;
-		for (;;) {
-			const char *comma = memchr(c, ',', (size_t)(line_end - c));
-			const char *ce = comma ? comma : line_end;
-			char *cell = decode_cell(c, (size_t)(ce - c));
-			if (!cell) {
-				err = "Unexpected error";
-				break;
-			}
-			json_array_append_new(cells, json_string(cell));
-			free(cell);
-			if (!comma)
-				break;
-			c = comma + 1;
-		}
+		json_t *cells = split_cells(p, line_end, !g.is_decode_first, &err);
 		p = nl ? nl + 1 : end;
-		if (err) {
-			json_decref(cells);
+		if (!cells)
 			break;
-		}
-		if (first) {
+		if (!header) {
 			const char *key = json_string_value(json_array_get(cells, 0));
-			if (!key || (strcmp(key, "thirdPartyId") != 0 && strcmp(key, "pcId") != 0)) {
+			if (!key || (strcmp(key, "thirdPartyId") != 0 && strcmp(key, "pcId") != 0))
 				err = "First column must be thirdPartyId or pcId";
-			}
 			*is_pcid = key && strcmp(key, "pcId") == 0;
-			json_decref(header);
 			header = cells;
-			first = false;
 			continue;
 		}
 		if (json_array_size(cells) == 1 && !json_string_length(json_array_get(cells, 0))) {
@@ -304,34 +421,122 @@ static const char *parse_batch(const char *body, size_t len, json_t *rows, bool 
 		json_decref(cells);
 	}
 	json_decref(header);
+	free(decoded);
 	if (!err && json_array_size(rows) > MAX_ROWS)
 		violation("batch of %zu rows (limit %d)", json_array_size(rows), MAX_ROWS);
 	return err;
 }
 
-/* Applies rows to the profile store; returns counts through the pointers. */
-static void apply_rows(json_t *rows, bool is_v2, int *ok, int *not_found)
+/* --- profiles ---------------------------------------------------------------------- */
+
+/* A profile's attributes as fetch shows them: its base (what the last page
+ * visit left) overlaid by its latest batch row since. */
+static json_t *visible(json_t *profile)
+{
+	json_t *out = json_object();
+	const char *k;
+	json_t *v;
+	json_object_foreach(json_object_get(profile, "base"), k, v)
+		json_object_set(out, k, v);
+	json_object_foreach(json_object_get(profile, "row"), k, v)
+		json_object_set(out, k, v);
+	return out;
+}
+
+static json_t *profile_new(void)
+{
+	return json_pack("{s:o, s:o, s:I}", "base", json_object(), "row", json_object(), "at", (json_int_t)now_ms());
+}
+
+/* Applies one row. v2 overrides: the row replaces the previous row since the
+ * last page visit. v1 (and a page visit) merge into the base. */
+static void apply_row(json_t *profile, json_t *attrs, bool is_v2, long long at)
+{
+	json_t *stamped = json_object();
+	const char *k;
+	json_t *v;
+	json_object_foreach(attrs, k, v)
+		json_object_set_new(stamped, k, json_pack("[O, I]", v, (json_int_t)at));
+	if (is_v2) {
+		json_object_set_new(profile, "row", stamped);
+	} else {
+		json_t *base = visible(profile);
+		json_object_update(base, stamped);
+		json_decref(stamped);
+		json_object_set_new(profile, "base", base);
+		json_object_set_new(profile, "row", json_object());
+	}
+	json_object_set_new(profile, "at", json_integer(at));
+}
+
+/* Processes a batch's rows: each fails, is lost, or is applied. */
+static void process(struct batch *b)
 {
 	size_t i;
 	json_t *row;
-	*ok = *not_found = 0;
-	json_array_foreach(rows, i, row) {
+	long long at = now_ms();
+	b->successful = b->not_found = b->failed = 0;
+	json_array_foreach(b->rows, i, row) {
 		const char *id = json_string_value(json_object_get(row, "id"));
 		json_t *attrs = json_object_get(row, "attrs");
+		json_int_t seen = json_integer_value(json_object_get(g.seen, id)) + 1;
+		json_object_set_new(g.seen, id, json_integer(seen));
 		if (json_object_size(attrs) == 0)
 			continue;
+		if (in_share(id, seen, 0x51ed, g.row_failure_rate)) {
+			b->failed++;
+			g.rows_failed++;
+			json_array_append_new(b->failed_ids, json_string(id));
+			continue;
+		}
 		json_t *profile = json_object_get(g.profiles, id);
 		if (!profile) {
-			if (!is_v2) {
-				(*not_found)++;
+			if (!b->is_v2) {
+				b->not_found++;
 				continue;
 			}
-			profile = json_object();
+			profile = profile_new();
 			json_object_set_new(g.profiles, id, profile);
 		}
-		json_object_update(profile, attrs);
-		(*ok)++;
+		b->successful++;
+		if (in_share(id, seen, 0x1055, g.loss_rate)) {
+			g.rows_lost++;
+			json_array_append_new(g.lost, json_string(id));
+			continue;
+		}
+		apply_row(profile, attrs, b->is_v2, at);
 	}
+	json_decref(b->rows);
+	b->rows = NULL;
+	b->is_processed = true;
+}
+
+/* Batches finish processing in the order they were accepted. */
+static void on_processor(evutil_socket_t fd, short what, void *arg)
+{
+	long long now = now_ms();
+	while (g.next_to_process < g.n_order) {
+		struct batch *b = &g.batches[g.order[g.next_to_process]];
+		if (b->ready_at > now)
+			break;
+		process(b);
+		g.next_to_process++;
+	}
+}
+
+/* Queues batch index i for processing after the delay. */
+static void accept_for_processing(size_t i)
+{
+	if (g.n_order == g.cap_order) {
+		g.cap_order = g.cap_order ? g.cap_order * 2 : 64;
+		g.order = realloc(g.order, g.cap_order * sizeof(*g.order));
+		if (!g.order)
+			abort();
+	}
+	g.order[g.n_order++] = i;
+	g.batches[i].ready_at = now_ms() + g.process_delay_ms;
+	if (g.process_delay_ms == 0)
+		on_processor(-1, 0, NULL);
 }
 
 static void inflight_add(json_t *ids, int delta)
@@ -372,7 +577,7 @@ static struct queued_fault take_fault(bool is_poll)
 	return none;
 }
 
-static struct batch *new_batch(int size)
+static size_t new_batch(json_t *rows, bool is_v2)
 {
 	if (g.n_batches == g.cap_batches) {
 		g.cap_batches = g.cap_batches ? g.cap_batches * 2 : 64;
@@ -380,12 +585,15 @@ static struct batch *new_batch(int size)
 		if (!g.batches)
 			abort();
 	}
-	struct batch *b = &g.batches[g.n_batches++];
+	struct batch *b = &g.batches[g.n_batches];
 	memset(b, 0, sizeof(*b));
 	snprintf(b->id, sizeof(b->id), "%s-%lld-%llu", g.client, now_ms(), ++g.batch_seq);
-	b->size = size;
+	b->size = rows ? (int)json_array_size(rows) : 0;
+	b->rows = json_incref(rows);
+	b->is_v2 = is_v2;
 	b->polls_left = g.status_polls;
-	return b;
+	b->failed_ids = json_array();
+	return g.n_batches++;
 }
 
 static void finish_entry(json_t *entry, int code, const char *outcome)
@@ -434,10 +642,8 @@ static void drop_connection(struct evhttp_request *req)
 static void on_delayed_reply(evutil_socket_t fd, short what, void *arg)
 {
 	struct pending_reply *pr = arg;
-	int ok, nf;
-	/* Target applies the batch whether or not the client is still there. */
-	if (pr->apply_rows)
-		apply_rows(pr->apply_rows, pr->is_v2, &ok, &nf);
+	/* Target processes the batch whether or not the client is still there. */
+	accept_for_processing(pr->batch);
 	if (!pr->is_gone) {
 		inflight_add(pr->ids, -1);
 		evhttp_connection_set_closecb(pr->conn, NULL, NULL);
@@ -454,7 +660,6 @@ static void on_delayed_reply(evutil_socket_t fd, short what, void *arg)
 	}
 	event_free(pr->timer);
 	json_decref(pr->ids);
-	json_decref(pr->apply_rows);
 	json_decref(pr->entry);
 	free(pr->body);
 	free(pr);
@@ -517,7 +722,6 @@ static void handle_submit_timed(struct evhttp_request *req, bool is_v2)
 	json_object_set_new(entry, "fault", json_string(fault_names[f.kind]));
 	char ra[16];
 	snprintf(ra, sizeof(ra), "%d", f.retry_after);
-	int ok = 0, nf = 0;
 	switch (f.kind) {
 	case F_500: case F_502: case F_503: case F_504: case F_408: case F_429: case F_401: case F_403: case F_413: case F_400: {
 		static const int codes[] = { [F_500] = 500, [F_502] = 502, [F_503] = 503, [F_504] = 504, [F_408] = 408,
@@ -528,13 +732,19 @@ static void handle_submit_timed(struct evhttp_request *req, bool is_v2)
 		finish_entry(entry, codes[f.kind], "fault");
 		goto out;
 	}
+	case F_REDIRECT:
+		/* A proxy in the way: never to be followed with the token. */
+		evhttp_add_header(evhttp_request_get_output_headers(req), "Location", "http://127.0.0.3:9/elsewhere");
+		reply(req, 302, "text/plain", "moved");
+		finish_entry(entry, 302, "fault");
+		goto out;
 	case F_DROP:
 		finish_entry(entry, 0, "dropped before applying");
 		drop_connection(req);
 		goto out;
 	case F_GARBAGE:
 		if (!err)
-			apply_rows(rows, is_v2, &ok, &nf);
+			accept_for_processing(new_batch(rows, is_v2));
 		reply(req, 200, "text/html", "<html><body>Service Temporarily Unavailable");
 		finish_entry(entry, 200, err ? "garbage" : "garbage after applying");
 		goto out;
@@ -553,17 +763,16 @@ static void handle_submit_timed(struct evhttp_request *req, bool is_v2)
 		finish_entry(entry, 200, err);
 		goto out;
 	}
-	struct batch *b = new_batch((int)json_array_size(rows));
+	size_t bi = new_batch(rows, is_v2);
 	if (f.kind == F_SLOW) {
 		struct pending_reply *pr = calloc(1, sizeof(*pr));
 		pr->req = req;
 		pr->conn = evhttp_request_get_connection(req);
 		pr->code = 200;
-		pr->body = submit_answer(true, b->id, NULL);
+		pr->body = submit_answer(true, &g.batches[bi], NULL);
 		pr->entry = json_incref(entry);
 		pr->ids = json_incref(ids);
-		pr->apply_rows = json_incref(rows);
-		pr->is_v2 = is_v2;
+		pr->batch = bi;
 		pr->timer = evtimer_new(g.base, on_delayed_reply, pr);
 		struct timeval tv = { f.delay_ms / 1000, (f.delay_ms % 1000) * 1000 };
 		evhttp_connection_set_closecb(pr->conn, on_conn_close, pr);
@@ -571,26 +780,43 @@ static void handle_submit_timed(struct evhttp_request *req, bool is_v2)
 		pr->next = pending_replies;
 		pending_replies = pr;
 		evtimer_add(pr->timer, &tv);
-		b->successful = (int)json_array_size(rows);
 		goto out;
 	}
-	apply_rows(rows, is_v2, &ok, &nf);
-	b->successful = ok;
-	b->not_found = nf;
+	accept_for_processing(bi);
 	if (f.kind == F_DROP_AFTER_APPLY) {
 		finish_entry(entry, 0, "dropped after applying");
 		drop_connection(req);
 		goto out;
 	}
-	char *xml = submit_answer(true, b->id, NULL);
+	char *xml = submit_answer(true, &g.batches[bi], NULL);
 	reply(req, 200, "application/xml", xml);
 	free(xml);
 	finish_entry(entry, 200, "accepted");
-	json_object_set_new(entry, "batch_id", json_string(b->id));
+	json_object_set_new(entry, "batch_id", json_string(g.batches[bi].id));
 out:
 	json_decref(entry);
 	json_decref(ids);
 	json_decref(rows);
+}
+
+/* The status answer; with showDetails the counts, and (v2, complete) one
+ * <profile> element per failed row, streamed into the buffer. */
+static void status_answer(struct evbuffer *out, const struct batch *b, const char *status, bool details)
+{
+	evbuffer_add_printf(out, "<response><batchId>%s</batchId><status>%s</status><batchSize>%d</batchSize>", b->id,
+			    status, b->size);
+	bool complete = strcmp(status, "complete") == 0;
+	if (details && complete)
+		evbuffer_add_printf(out, "<consumedCount>%d</consumedCount><successfulUpdates>%d</successfulUpdates>"
+				    "<profilesNotFound>%d</profilesNotFound><failedUpdates>%d</failedUpdates>",
+				    b->size, b->successful, b->not_found, b->failed);
+	if (complete && b->is_v2) {
+		size_t i;
+		json_t *id;
+		json_array_foreach(b->failed_ids, i, id)
+			evbuffer_add_printf(out, "<profile><id>%s</id><status>failed</status></profile>", json_string_value(id));
+	}
+	evbuffer_add_printf(out, "</response>");
 }
 
 static void handle_status(struct evhttp_request *req)
@@ -609,15 +835,15 @@ static void handle_status(struct evhttp_request *req)
 	for (size_t i = 0; id && i < g.n_batches; i++)
 		if (strcmp(g.batches[i].id, id) == 0)
 			b = &g.batches[i];
-	if (!b) {
+	struct queued_fault f = b ? take_fault(true) : (struct queued_fault){ .kind = F_NONE };
+	if (!b || f.kind == F_POLL_GONE) {
 		evhttp_clear_headers(&q);
 		reply(req, 404, "text/plain", "unknown batch");
 		return;
 	}
-	struct queued_fault f = take_fault(true);
-	if (f.kind == F_POLL_500) {
+	if (f.kind == F_POLL_500 || f.kind == F_POLL_401) {
 		evhttp_clear_headers(&q);
-		reply(req, 500, "text/plain", "injected fault");
+		reply(req, f.kind == F_POLL_500 ? 500 : 401, "text/plain", "injected fault");
 		return;
 	}
 	if (f.kind == F_POLL_GARBAGE) {
@@ -630,33 +856,53 @@ static void handle_status(struct evhttp_request *req)
 	if (f.kind == F_POLL_INCOMPLETE)
 		b->polls_left += f.polls > 0 ? f.polls : 5;
 	const char *status = "complete";
-	if (b->is_stuck)
+	if (b->is_stuck) {
 		status = "stuck";
-	else if (b->polls_left > 0) {
+	} else if (!b->is_processed) {
+		status = "incomplete";
+	} else if (b->polls_left > 0) {
 		b->polls_left--;
 		status = "incomplete";
 	}
-	char xml[1024];
-	int n = snprintf(xml, sizeof(xml), "<response><batchId>%s</batchId><status>%s</status><batchSize>%d</batchSize>", b->id,
-			 status, b->size);
-	if (details && strcmp(details, "true") == 0)
-		n += snprintf(xml + n, sizeof(xml) - (size_t)n,
-			      "<consumedCount>%d</consumedCount><successfulUpdates>%d</successfulUpdates>"
-			      "<profilesNotFound>%d</profilesNotFound><failedUpdates>%d</failedUpdates>",
-			      b->size, b->successful, b->not_found, b->failed);
-	snprintf(xml + n, sizeof(xml) - (size_t)n, "</response>");
+	struct evbuffer *out = evbuffer_new();
+	status_answer(out, b, status, details && strcmp(details, "true") == 0);
 	evhttp_clear_headers(&q);
-	reply(req, 200, "application/xml", xml);
+	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "application/xml");
+	evhttp_send_reply(req, 200, "OK", out);
+	evbuffer_free(out);
 }
 
-static void handle_fetch(struct evhttp_request *req, const char *id)
+/* GET /rest/v1/profiles/thirdPartyId/{id}?client=C (or /rest/v1/profiles/{pcId}). */
+static void handle_fetch(struct evhttp_request *req, const char *id, bool is_pcid)
 {
+	g.fetches++;
 	char *dec = evhttp_uridecode(id, 0, NULL);
 	json_t *p = dec ? json_object_get(g.profiles, dec) : NULL;
-	if (!p)
-		reply(req, 404, "application/json", "{\"error\":\"profile not found\"}");
-	else
-		reply_json(req, 200, json_pack("{s:s, s:O}", "thirdPartyId", dec, "profile", p));
+	if (!p) {
+		char msg[512];
+		snprintf(msg, sizeof(msg), "No profile found for client %s with %s=%s", g.client,
+			 is_pcid ? "tntId" : "third party id", dec ? dec : "");
+		reply_json(req, 404, json_pack("{s:i, s:s}", "status", 404, "message", msg));
+		free(dec);
+		return;
+	}
+	json_t *attrs = json_object(), *vis = visible(p);
+	char at[96];
+	const char *k;
+	json_t *v;
+	json_object_foreach(vis, k, v) {
+		iso_time(json_integer_value(json_array_get(v, 1)), at, sizeof(at));
+		json_object_set_new(attrs, k, json_pack("{s:O, s:s}", "value", json_array_get(v, 0), "modifiedAt", at));
+	}
+	json_decref(vis);
+	/* Target's own attributes, which a client never sent. */
+	iso_time(json_integer_value(json_object_get(p, "at")), at, sizeof(at));
+	json_object_set_new(attrs, "firstSessionStart", json_pack("{s:s, s:s}", "value", at, "modifiedAt", at));
+	json_object_set_new(attrs, "user.browser", json_pack("{s:s, s:s}", "value", "Mozilla", "modifiedAt", at));
+	char visitor[300];
+	snprintf(visitor, sizeof(visitor), "%s-%s", dec, is_pcid ? "pcId" : "mbox3rdPartyId");
+	reply_json(req, 200, json_pack("{s:s, s:s, s:s, s:o}", "client", g.client, "visitorId", visitor, "modifiedAt", at,
+				       "profileAttributes", attrs));
 	free(dec);
 }
 
@@ -712,20 +958,80 @@ static void handle_config(struct evhttp_request *req)
 		g.status_polls = (int)json_integer_value(v);
 	if ((v = json_object_get(j, "calls_per_minute")))
 		g.calls_per_minute = (int)json_integer_value(v);
+	if ((v = json_object_get(j, "other_calls_per_minute")))
+		g.other_calls_per_minute = (int)json_integer_value(v);
+	if ((v = json_object_get(j, "fetch_calls_per_minute")))
+		g.fetch_calls_per_minute = (int)json_integer_value(v);
 	if ((v = json_object_get(j, "fault_rate")))
 		g.fault_rate = json_number_value(v);
 	if ((v = json_object_get(j, "seed")))
 		g.seed = (unsigned)json_integer_value(v);
+	if ((v = json_object_get(j, "process_delay_ms")))
+		g.process_delay_ms = (int)json_integer_value(v);
+	if ((v = json_object_get(j, "row_failure_rate")))
+		g.row_failure_rate = json_number_value(v);
+	if ((v = json_object_get(j, "loss_rate")))
+		g.loss_rate = json_number_value(v);
+	if ((v = json_object_get(j, "decode")))
+		g.is_decode_first = json_is_string(v) && strcmp(json_string_value(v), "decode_first") == 0;
+	json_decref(j);
+	reply(req, 200, "application/json", "{\"ok\":true}");
+}
+
+/* A page visit (an mbox call) for id: attrs are set "by a page", and the
+ * profile's batch row so far becomes part of its base. */
+static void handle_visit(struct evhttp_request *req)
+{
+	json_t *j = read_json(req);
+	const char *id = json_string_value(json_object_get(j, "id"));
+	json_t *attrs = json_object_get(j, "attrs");
+	if (!id || !json_is_object(attrs)) {
+		json_decref(j);
+		reply(req, 400, "text/plain", "expected {id, attrs}");
+		return;
+	}
+	json_t *profile = json_object_get(g.profiles, id);
+	if (!profile) {
+		profile = profile_new();
+		json_object_set_new(g.profiles, id, profile);
+	}
+	apply_row(profile, attrs, false, now_ms());
 	json_decref(j);
 	reply(req, 200, "application/json", "{\"ok\":true}");
 }
 
 static void handle_state(struct evhttp_request *req)
 {
-	reply_json(req, 200, json_pack("{s:O, s:O, s:I, s:I, s:I, s:I, s:I}", "profiles", g.profiles, "violations", g.violations,
-				       "submissions", (json_int_t)g.submissions, "polls", (json_int_t)g.polls, "batches",
-				       (json_int_t)g.n_batches, "rate_rejections", (json_int_t)g.rejected_rate, "auth_failures",
-				       (json_int_t)g.auth_failures));
+	json_t *shown = json_object();
+	const char *id;
+	json_t *p;
+	json_object_foreach(g.profiles, id, p) {
+		json_t *attrs = json_object(), *vis = visible(p);
+		const char *k;
+		json_t *v;
+		json_object_foreach(vis, k, v)
+			json_object_set(attrs, k, json_array_get(v, 0));
+		json_decref(vis);
+		json_object_set_new(shown, id, attrs);
+	}
+	size_t unprocessed = g.n_order - g.next_to_process;
+	reply_json(req, 200, json_pack("{s:o, s:O, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:O, s:I}", "profiles",
+				       shown, "violations", g.violations, "submissions", (json_int_t)g.submissions, "polls",
+				       (json_int_t)g.polls, "batches", (json_int_t)g.n_batches, "rate_rejections",
+				       (json_int_t)g.rejected_rate, "auth_failures", (json_int_t)g.auth_failures,
+				       "rows_failed", (json_int_t)g.rows_failed, "rows_lost", (json_int_t)g.rows_lost,
+				       "unprocessed", (json_int_t)unprocessed, "fetches", (json_int_t)g.fetches, "lost",
+				       g.lost, "plain_on_tls", (json_int_t)g.plain_on_tls));
+}
+
+static void free_batches(void)
+{
+	for (size_t i = 0; i < g.n_batches; i++) {
+		json_decref(g.batches[i].rows);
+		json_decref(g.batches[i].failed_ids);
+	}
+	g.n_batches = 0;
+	g.n_order = g.next_to_process = 0;
 }
 
 static void reset_state(void)
@@ -734,65 +1040,149 @@ static void reset_state(void)
 	json_decref(g.requests);
 	json_decref(g.violations);
 	json_decref(g.inflight);
+	json_decref(g.seen);
+	json_decref(g.lost);
 	g.profiles = json_object();
 	g.requests = json_array();
 	g.violations = json_array();
 	g.inflight = json_object();
-	g.n_batches = 0;
+	g.seen = json_object();
+	g.lost = json_array();
+	free_batches();
 	g.n_faults = 0;
-	g.n_calls = 0;
-	g.submissions = g.polls = g.rejected_rate = g.auth_failures = 0;
+	g.n_calls = g.n_fetch_calls = 0;
+	g.submissions = g.polls = g.fetches = g.rejected_rate = g.auth_failures = g.rows_failed = g.rows_lost = 0;
 }
 
-static void on_request(struct evhttp_request *req, void *arg)
+/* Control endpoints for tests (on the main host only). Returns true if path was one. */
+static bool handle_control(struct evhttp_request *req, const char *path, enum evhttp_cmd_type cmd)
 {
-	const char *uri = evhttp_request_get_uri(req);
-	enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
-	char path[1024];
-	size_t plen = strcspn(uri, "?");
-	snprintf(path, sizeof(path), "%.*s", (int)(plen < sizeof(path) - 1 ? plen : sizeof(path) - 1), uri);
-	char v1[256], v2[256], st[256], fetch[256];
-	snprintf(v1, sizeof(v1), "/m2/%s/profile/batchUpdate", g.client);
-	snprintf(v2, sizeof(v2), "/m2/%s/v2/profile/batchUpdate", g.client);
-	snprintf(st, sizeof(st), "/m2/%s/profile/batchStatus", g.client);
-	snprintf(fetch, sizeof(fetch), "/rest/v1/profiles/thirdPartyId/");
-
-	if (strcmp(path, "/__state") == 0)
-		{ handle_state(req); return; }
-	if (strcmp(path, "/__count") == 0) {
+	if (strcmp(path, "/__state") == 0) {
+		handle_state(req);
+	} else if (strcmp(path, "/__count") == 0) {
 		/* Cheap counters for benchmarks (no profile dump). */
 		reply_json(req, 200, json_pack("{s:I, s:I, s:I, s:f}", "profiles", (json_int_t)json_object_size(g.profiles),
 					       "submissions", (json_int_t)g.submissions, "rows", (json_int_t)g.rows_received,
 					       "busy_seconds", g.busy_seconds));
+	} else if (strcmp(path, "/__requests") == 0) {
+		reply_json(req, 200, json_incref(g.requests));
+	} else if (strcmp(path, "/__fault") == 0 && cmd == EVHTTP_REQ_POST) {
+		handle_fault(req);
+	} else if (strcmp(path, "/__config") == 0 && cmd == EVHTTP_REQ_POST) {
+		handle_config(req);
+	} else if (strcmp(path, "/__visit") == 0 && cmd == EVHTTP_REQ_POST) {
+		handle_visit(req);
+	} else if (strcmp(path, "/__reset") == 0 && cmd == EVHTTP_REQ_POST) {
+		reset_state();
+		reply(req, 200, "application/json", "{\"ok\":true}");
+	} else {
+		return false;
+	}
+	return true;
+}
+
+static void path_of(struct evhttp_request *req, char *path, size_t size)
+{
+	const char *uri = evhttp_request_get_uri(req);
+	size_t plen = strcspn(uri, "?");
+	snprintf(path, size, "%.*s", (int)(plen < size - 1 ? plen : size - 1), uri);
+}
+
+/* The main host: submissions, the fetch API, and the control endpoints. */
+static void on_request(struct evhttp_request *req, void *arg)
+{
+	enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+	char path[1024], v1[256], v2[256];
+	path_of(req, path, sizeof(path));
+	if (handle_control(req, path, cmd))
+		return;
+	snprintf(v1, sizeof(v1), "/m2/%s/profile/batchUpdate", g.client);
+	snprintf(v2, sizeof(v2), "/m2/%s/v2/profile/batchUpdate", g.client);
+	static const char tp[] = "/rest/v1/profiles/thirdPartyId/", pc[] = "/rest/v1/profiles/";
+	bool is_submit = strcmp(path, v1) == 0 || strcmp(path, v2) == 0;
+	bool is_fetch = strncmp(path, pc, strlen(pc)) == 0;
+	if (is_fetch) {
+		bool is_tp = strncmp(path, tp, strlen(tp)) == 0;
+		const char *id = path + (is_tp ? strlen(tp) : strlen(pc));
+		if (!*id || strchr(id, '/'))
+			{ reply(req, 404, "application/json", "{\"status\":404,\"message\":\"not found\"}"); return; }
+		if (fetch_rate_exceeded())
+			{ reply(req, 429, "application/json", "{\"status\":429,\"message\":\"Too many requests\"}"); return; }
+		if (!authorized(req))
+			return;
+		handle_fetch(req, id, !is_tp);
 		return;
 	}
-	if (strcmp(path, "/__requests") == 0)
-		{ reply_json(req, 200, json_incref(g.requests)); return; }
-	if (strcmp(path, "/__fault") == 0 && cmd == EVHTTP_REQ_POST)
-		{ handle_fault(req); return; }
-	if (strcmp(path, "/__config") == 0 && cmd == EVHTTP_REQ_POST)
-		{ handle_config(req); return; }
-	if (strcmp(path, "/__reset") == 0 && cmd == EVHTTP_REQ_POST) {
-		reset_state();
-		{ reply(req, 200, "application/json", "{\"ok\":true}"); return; }
-	}
-	bool is_submit = strcmp(path, v1) == 0 || strcmp(path, v2) == 0;
-	bool is_status = strcmp(path, st) == 0;
-	bool is_fetch = strncmp(path, fetch, strlen(fetch)) == 0;
-	if (!is_submit && !is_status && !is_fetch)
+	if (!is_submit)
 		{ reply(req, 404, "text/plain", "not found"); return; }
 	if (rate_exceeded())
 		{ reply(req, 503, "text/plain", "Too many requests"); return; }
 	if (!authorized(req))
 		return;
-	if (is_submit) {
-		if (cmd != EVHTTP_REQ_POST)
-			{ reply(req, 405, "text/plain", "POST only"); return; }
-		{ handle_submit(req, strcmp(path, v2) == 0); return; }
+	if (cmd != EVHTTP_REQ_POST)
+		{ reply(req, 405, "text/plain", "POST only"); return; }
+	handle_submit(req, strcmp(path, v2) == 0);
+}
+
+/* The edge host: batch status only. */
+static void on_edge_request(struct evhttp_request *req, void *arg)
+{
+	char path[1024], v1[256], v2[256];
+	path_of(req, path, sizeof(path));
+	snprintf(v1, sizeof(v1), "/m2/%s/profile/batchStatus", g.client);
+	snprintf(v2, sizeof(v2), "/m2/%s/v2/profile/batchStatus", g.client);
+	if (strcmp(path, v1) != 0 && strcmp(path, v2) != 0)
+		{ reply(req, 404, "text/plain", "not found"); return; }
+	if (rate_exceeded())
+		{ reply(req, 503, "text/plain", "Too many requests"); return; }
+	if (!authorized(req))
+		return;
+	handle_status(req);
+}
+
+/* --- TLS ---------------------------------------------------------------------------- */
+
+/* A client that speaks plain http to a TLS port: the handshake fails with
+ * SSL_R_HTTP_REQUEST, seen here before the bufferevent takes the error. */
+static void on_tls_info(const SSL *ssl, int where, int ret)
+{
+	if ((where & SSL_CB_EXIT) && ret <= 0 && ERR_GET_REASON(ERR_peek_last_error()) == SSL_R_HTTP_REQUEST) {
+		g.plain_on_tls++;
+		violation("a plain http request reached a TLS-only port");
 	}
-	if (is_status)
-		{ handle_status(req); return; }
-	handle_fetch(req, path + strlen(fetch));
+}
+
+static struct bufferevent *make_tls_bev(struct event_base *base, void *arg)
+{
+	SSL *ssl = SSL_new(g.tls);
+	return ssl ? bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE) : NULL;
+}
+
+static int bind_http(struct evhttp *http, const char *addr, int port, int *bound)
+{
+	struct evhttp_bound_socket *sock = evhttp_bind_socket_with_handle(http, addr, (ev_uint16_t)port);
+	if (!sock) {
+		fprintf(stderr, "fake-target: cannot bind %s:%d: %s\n", addr, port, strerror(errno));
+		return -1;
+	}
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	getsockname(evhttp_bound_socket_get_fd(sock), (struct sockaddr *)&ss, &sl);
+	*bound = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+	return 0;
+}
+
+static struct evhttp *new_http(void (*cb)(struct evhttp_request *, void *))
+{
+	struct evhttp *http = evhttp_new(g.base);
+	if (!http)
+		return NULL;
+	evhttp_set_max_body_size(http, 60 * 1000 * 1000);
+	evhttp_set_allowed_methods(http, EVHTTP_REQ_GET | EVHTTP_REQ_POST);
+	evhttp_set_gencb(http, cb, NULL);
+	if (g.tls)
+		evhttp_set_bevcb(http, make_tls_bev, NULL);
+	return http;
 }
 
 static void on_term(evutil_socket_t sig, short what, void *arg)
@@ -811,10 +1201,14 @@ int main(int argc, char **argv)
 		{ "calls-per-minute", required_argument, NULL, 'r' },
 		{ "state-file", required_argument, NULL, 'S' },
 		{ "no-log", no_argument, NULL, 'q' },
+		{ "tls-cert", required_argument, NULL, 'C' },
+		{ "tls-key", required_argument, NULL, 'K' },
+		{ "edge-addr", required_argument, NULL, 'E' },
+		{ "process-delay-ms", required_argument, NULL, 'D' },
 		{ NULL, 0, NULL, 0 },
 	};
-	int port = 0, opt;
-	const char *port_file = NULL, *state_file = NULL;
+	int port = 0, edge_port = 0, opt;
+	const char *port_file = NULL, *state_file = NULL, *cert = NULL, *key = NULL, *edge_addr = "127.0.0.2";
 	g.client = "demo";
 	g.status_polls = 1;
 	g.calls_per_minute = 50;
@@ -829,14 +1223,29 @@ int main(int argc, char **argv)
 		case 'r': g.calls_per_minute = atoi(optarg); break;
 		case 'S': state_file = optarg; break;
 		case 'q': g.is_quiet = true; break;
+		case 'C': cert = optarg; break;
+		case 'K': key = optarg; break;
+		case 'E': edge_addr = optarg; break;
+		case 'D': g.process_delay_ms = atoi(optarg); break;
 		default:
 			fprintf(stderr, "usage: fake-target [--port N] [--port-file F] [--client C] [--token T] "
-					"[--status-polls N] [--calls-per-minute N] [--state-file F]\n");
+					"[--status-polls N] [--calls-per-minute N] [--state-file F] [--tls-cert F --tls-key F] "
+					"[--edge-addr A] [--process-delay-ms N]\n");
 			return 64;
 		}
 	}
 	signal(SIGPIPE, SIG_IGN);
 	reset_state();
+	if (cert || key) {
+		g.tls = SSL_CTX_new(TLS_server_method());
+		if (!g.tls || SSL_CTX_use_certificate_chain_file(g.tls, cert) != 1 ||
+		    SSL_CTX_use_PrivateKey_file(g.tls, key, SSL_FILETYPE_PEM) != 1) {
+			fprintf(stderr, "fake-target: cannot load the TLS certificate and key\n");
+			ERR_print_errors_fp(stderr);
+			return 1;
+		}
+		SSL_CTX_set_info_callback(g.tls, on_tls_info);
+	}
 	/* Target keeps its profiles across an outage: so does the fake, with --state-file. */
 	if (state_file && access(state_file, F_OK) == 0) {
 		json_t *saved = json_load_file(state_file, 0, NULL);
@@ -850,32 +1259,34 @@ int main(int argc, char **argv)
 		size_t i;
 		json_t *b;
 		json_array_foreach(batches, i, b) {
-			struct batch *nb = new_batch((int)json_integer_value(json_object_get(b, "size")));
+			size_t bi = new_batch(NULL, json_is_true(json_object_get(b, "v2")));
+			struct batch *nb = &g.batches[bi];
+			nb->size = (int)json_integer_value(json_object_get(b, "size"));
 			snprintf(nb->id, sizeof(nb->id), "%s", json_string_value(json_object_get(b, "id")));
 			nb->polls_left = (int)json_integer_value(json_object_get(b, "polls_left"));
 			nb->is_stuck = json_is_true(json_object_get(b, "stuck"));
+			nb->is_processed = true;
 			nb->successful = (int)json_integer_value(json_object_get(b, "successful"));
 			nb->not_found = (int)json_integer_value(json_object_get(b, "not_found"));
+			nb->failed = (int)json_integer_value(json_object_get(b, "failed"));
+			json_decref(nb->failed_ids);
+			nb->failed_ids = json_incref(json_object_get(b, "failed_ids"));
+			if (!nb->failed_ids)
+				nb->failed_ids = json_array();
 		}
 		json_decref(saved);
 	}
 	g.base = event_base_new();
-	g.http = g.base ? evhttp_new(g.base) : NULL;
-	if (!g.http)
+	g.http = g.base ? new_http(on_request) : NULL;
+	g.edge = g.base ? new_http(on_edge_request) : NULL;
+	g.processor = g.base ? event_new(g.base, -1, EV_PERSIST, on_processor, NULL) : NULL;
+	struct timeval tick = { 0, 10000 };
+	if (!g.http || !g.edge || !g.processor || event_add(g.processor, &tick) < 0)
 		return 1;
-	evhttp_set_max_body_size(g.http, 60 * 1000 * 1000);
-	evhttp_set_allowed_methods(g.http, EVHTTP_REQ_GET | EVHTTP_REQ_POST);
-	evhttp_set_gencb(g.http, on_request, NULL);
-	struct evhttp_bound_socket *sock = evhttp_bind_socket_with_handle(g.http, "127.0.0.1", (ev_uint16_t)port);
-	if (!sock) {
-		fprintf(stderr, "fake-target: cannot bind 127.0.0.1:%d: %s\n", port, strerror(errno));
+	if (bind_http(g.http, "127.0.0.1", port, &port) < 0 || bind_http(g.edge, edge_addr, 0, &edge_port) < 0)
 		return 1;
-	}
-	struct sockaddr_storage ss;
-	socklen_t sl = sizeof(ss);
-	getsockname(evhttp_bound_socket_get_fd(sock), (struct sockaddr *)&ss, &sl);
-	port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
 	snprintf(g.host, sizeof(g.host), "127.0.0.1:%d", port);
+	snprintf(g.edge_host, sizeof(g.edge_host), "%s:%d", edge_addr, edge_port);
 	if (port_file) {
 		char tmp[4096];
 		snprintf(tmp, sizeof(tmp), "%s.tmp", port_file);
@@ -885,7 +1296,8 @@ int main(int argc, char **argv)
 			return 1;
 		}
 	}
-	printf("fake-target listening on http://%s (client %s)\n", g.host, g.client);
+	printf("fake-target listening on %s://%s, status on %s (client %s)\n", g.tls ? "https" : "http", g.host,
+	       g.edge_host, g.client);
 	fflush(stdout);
 	struct event *term = evsignal_new(g.base, SIGTERM, on_term, NULL);
 	struct event *intr = evsignal_new(g.base, SIGINT, on_term, NULL);
@@ -895,26 +1307,36 @@ int main(int argc, char **argv)
 	event_free(term);
 	event_free(intr);
 	if (state_file) {
+		on_processor(-1, 0, NULL);
 		json_t *batches = json_array();
 		for (size_t i = 0; i < g.n_batches; i++) {
 			struct batch *b = &g.batches[i];
-			json_array_append_new(batches, json_pack("{s:s, s:i, s:i, s:b, s:i, s:i}", "id", b->id, "size", b->size,
-								 "polls_left", b->polls_left, "stuck", b->is_stuck,
-								 "successful", b->successful, "not_found", b->not_found));
+			json_array_append_new(batches, json_pack("{s:s, s:i, s:i, s:b, s:i, s:i, s:i, s:O, s:b}", "id", b->id,
+								 "size", b->size, "polls_left", b->polls_left, "stuck",
+								 b->is_stuck, "successful", b->successful, "not_found",
+								 b->not_found, "failed", b->failed, "failed_ids", b->failed_ids,
+								 "v2", b->is_v2));
 		}
 		json_t *saved = json_pack("{s:O, s:o}", "profiles", g.profiles, "batches", batches);
 		if (json_dump_file(saved, state_file, JSON_COMPACT) < 0)
 			fprintf(stderr, "fake-target: cannot write %s\n", state_file);
 		json_decref(saved);
 	}
+	event_free(g.processor);
 	evhttp_free(g.http);
+	evhttp_free(g.edge);
 	event_base_free(g.base);
+	if (g.tls)
+		SSL_CTX_free(g.tls);
 	reset_state();
 	json_decref(g.profiles);
 	json_decref(g.requests);
 	json_decref(g.violations);
 	json_decref(g.inflight);
+	json_decref(g.seen);
+	json_decref(g.lost);
 	free(g.batches);
+	free(g.order);
 	free(g.token);
 	return 0;
 }
