@@ -59,7 +59,10 @@ static const struct key_desc target_keys[] = {
 	{ .name = "ca_file", .type = K_STRING, .offset = C(target.ca_file) },
 	{ .name = "timeout", .type = K_DURATION, .offset = C(target.timeout_ms), .min = 1000, .max = DAY, .def = "60s" },
 	{ .name = "connect_timeout", .type = K_DURATION, .offset = C(target.connect_timeout_ms), .min = 100, .max = 600000, .def = "10s" },
+	{ .name = "min_upload_speed", .type = K_SIZE, .offset = C(target.min_upload_speed), .min = 1000, .max = 1000000000, .def = "100KB" },
 	{ .name = "poll_interval", .type = K_DURATION, .offset = C(target.poll_interval_ms), .min = 10, .max = DAY, .def = "30s" },
+	{ .name = "poll_max", .type = K_DURATION, .offset = C(target.poll_max_ms), .min = 10, .max = DAY, .def = "10m" },
+	{ .name = "status_ttl", .type = K_DURATION, .offset = C(target.status_ttl_ms), .min = 1000, .max = 30 * DAY, .def = "24h" },
 	{ .name = NULL }
 };
 static const struct key_desc state_keys[] = {
@@ -88,8 +91,9 @@ static const struct key_desc retry_keys[] = {
 	{ .name = NULL }
 };
 static const struct key_desc limits_keys[] = {
-	{ .name = "rows_per_day", .type = K_INT, .offset = C(limits.rows_per_day), .min = 1, .max = INT64_MAX / 2, .def = "1000000" },
+	{ .name = "rows_per_day", .type = K_INT, .offset = C(limits.rows_per_day), .min = 0, .max = INT64_MAX / 2, .def = "0" },
 	{ .name = "calls_per_minute", .type = K_INT, .offset = C(limits.calls_per_minute), .min = 1, .max = 1000, .def = "50" },
+	{ .name = "poll_calls_per_minute", .type = K_INT, .offset = C(limits.poll_calls_per_minute), .min = 0, .max = 1000, .def = "0" },
 	{ .name = NULL }
 };
 static const struct key_desc source_keys[] = {
@@ -578,6 +582,19 @@ static void validate(struct loader *l, struct config *cfg, yaml_node_t *root)
 	}
 	if (cfg->retry.initial_ms > cfg->retry.max_ms)
 		report(l, mark, "retry.initial must not be longer than retry.max");
+	if (cfg->target.poll_interval_ms > cfg->target.poll_max_ms)
+		report(l, mark, "target.poll_interval must not be longer than target.poll_max");
+	/* 0 (the default): a fifth of the budget, so submissions never starve. */
+	if (cfg->limits.poll_calls_per_minute == 0)
+		cfg->limits.poll_calls_per_minute = cfg->limits.calls_per_minute >= 5 ? cfg->limits.calls_per_minute / 5 : 1;
+	else if (cfg->limits.poll_calls_per_minute >= cfg->limits.calls_per_minute && cfg->limits.calls_per_minute > 1)
+		report(l, mark, "limits.poll_calls_per_minute (%lld) must leave room for submissions in "
+				"limits.calls_per_minute (%lld)", (long long)cfg->limits.poll_calls_per_minute,
+		       (long long)cfg->limits.calls_per_minute);
+	if (cfg->batch.rows == ROWS_CHANGED_ONLY && cfg->target.api_version == 2)
+		warn(l, mark, "batch.rows changed_only with api_version 2: consecutive v2 batches for one profile "
+			      "override each other, so a row with only the changed attributes can undo an earlier "
+			      "batch's values unless a page visit came in between; use full_profile");
 	if (cfg->target.id_type == ID_PC && cfg->target.api_version == 2)
 		warn(l, mark, "id_type pcId with api_version 2: with ECID-based implementations pcId "
 			      "must not be the key of a v2 batch; use api_version 1 for pcId keys");

@@ -54,9 +54,12 @@ struct config {
 		enum id_type id_type;
 		char *token_file;    /* NULL: no token (or $CREDENTIALS_DIRECTORY/target-token) */
 		char *ca_file;
-		int64_t timeout_ms;
+		int64_t timeout_ms;         /* for Target's answer once a request is sent */
 		int64_t connect_timeout_ms;
-		int64_t poll_interval_ms;
+		int64_t min_upload_speed;   /* bytes per second a body must at least move at */
+		int64_t poll_interval_ms;   /* the first status poll; later ones back off */
+		int64_t poll_max_ms;        /* the longest wait between two polls */
+		int64_t status_ttl_ms;      /* how long a batch's status can be had */
 	} target;
 	struct {
 		char *database;
@@ -80,8 +83,9 @@ struct config {
 		int64_t max_failures; /* success=false answers before a batch is dead-lettered */
 	} retry;
 	struct {
-		int64_t rows_per_day;
-		int64_t calls_per_minute;
+		int64_t rows_per_day;           /* 0: no daily cap */
+		int64_t calls_per_minute;       /* submissions and status polls together */
+		int64_t poll_calls_per_minute;  /* the part of it status polls may use */
 	} limits;
 	struct source_config *sources;
 	size_t n_sources;

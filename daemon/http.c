@@ -97,11 +97,50 @@ static size_t on_body(char *data, size_t size, size_t n, void *arg)
 {
 	struct http_call *c = arg;
 	size_t len = size * n;
-	if (c->on_data)
-		return c->on_data(c->data_arg, data, len) < 0 ? 0 : len;
-	if (c->response.len + len > c->max_response)
-		return len; /* keep the start; the rest is not needed */
-	return buf_append(&c->response, data, len) == 0 ? len : 0;
+	if (c->on_data && c->on_data(c->data_arg, data, len) < 0)
+		return 0;
+	size_t room = c->response.len < c->max_response ? c->max_response - c->response.len : 0;
+	size_t keep = len < room ? len : room; /* keep the start; the rest is not needed here */
+	return buf_append(&c->response, data, keep) == 0 ? len : 0;
+}
+
+/* How long the body may sit still while it is being sent. */
+#define UPLOAD_STALL_MS 30000
+
+/* Watches a POST's progress: while its body is sent it must move (a stall of
+ * UPLOAD_STALL_MS fails it); once it is sent, Target gets timeout_ms to
+ * answer, however long it validates in silence (no low-speed abort then). */
+static int on_progress(void *arg, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal, curl_off_t ulnow)
+{
+	struct http_call *c = arg;
+	int64_t now = clock_mono_ms();
+	if (!c->body)
+		return 0;
+	if (ulnow > c->uploaded) {
+		c->uploaded = ulnow;
+		c->progress_at = now;
+	}
+	if (!c->sent_at && ultotal > 0 && ulnow >= ultotal)
+		c->sent_at = now;
+	if (c->sent_at) {
+		if (dlnow == 0 && now - c->sent_at > c->timeout_ms) {
+			snprintf(c->abort_reason, sizeof(c->abort_reason), "no answer within %lld ms of sending the body",
+				 (long long)c->timeout_ms);
+			return 1;
+		}
+	} else if (now - c->progress_at > UPLOAD_STALL_MS) {
+		snprintf(c->abort_reason, sizeof(c->abort_reason), "the body stopped moving for %d s",
+			 UPLOAD_STALL_MS / 1000);
+		return 1;
+	}
+	return 0;
+}
+
+int64_t http_total_timeout_ms(int64_t connect_timeout_ms, int64_t body_size, int64_t min_upload_speed,
+			      int64_t timeout_ms)
+{
+	int64_t upload = min_upload_speed > 0 ? body_size * 1000 / min_upload_speed : 0;
+	return connect_timeout_ms + upload + timeout_ms;
 }
 
 static size_t on_header(char *data, size_t size, size_t n, void *arg)
@@ -148,6 +187,8 @@ static void collect(struct http *h)
 		curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&c);
 		c->result = msg->data.result;
 		curl_easy_getinfo(msg->easy_handle, CURLINFO_RESPONSE_CODE, &c->status);
+		if (c->result == CURLE_ABORTED_BY_CALLBACK && c->abort_reason[0])
+			snprintf(c->error, sizeof(c->error), "%s", c->abort_reason);
 		for (struct http_call **pp = &h->calls; *pp; pp = &(*pp)->next) {
 			if (*pp == c) {
 				*pp = c->next;
@@ -183,10 +224,25 @@ int http_start(struct http *h, struct http_call *c)
 	SET(CURLOPT_NOSIGNAL, 1L);
 	SET(CURLOPT_FOLLOWLOCATION, 0L);
 	SET(CURLOPT_PROTOCOLS_STR, "http,https");
-	SET(CURLOPT_TIMEOUT_MS, (long)c->timeout_ms);
+	int64_t total = http_total_timeout_ms(c->connect_timeout_ms, c->body ? c->body_size : 0, c->min_upload_speed,
+					      c->timeout_ms);
+	SET(CURLOPT_TIMEOUT_MS, (long)total);
 	SET(CURLOPT_CONNECTTIMEOUT_MS, (long)c->connect_timeout_ms);
-	SET(CURLOPT_LOW_SPEED_LIMIT, 1L);
-	SET(CURLOPT_LOW_SPEED_TIME, c->low_speed_time_s > 0 ? c->low_speed_time_s : 30L);
+	if (c->body) {
+		/* No low-speed abort of curl's own: Target is silent while it
+		 * validates a body. on_progress decides; the speed check (which
+		 * never fires by itself here) only makes curl call it every second. */
+		SET(CURLOPT_NOPROGRESS, 0L);
+		SET(CURLOPT_XFERINFOFUNCTION, on_progress);
+		SET(CURLOPT_XFERINFODATA, c);
+		SET(CURLOPT_LOW_SPEED_LIMIT, 1L);
+		SET(CURLOPT_LOW_SPEED_TIME, (long)(total / 1000 + 1));
+	} else {
+		/* An answer that stalls (under 1 byte/s) fails well before the timeout. */
+		long stall = (long)(c->timeout_ms / 2000);
+		SET(CURLOPT_LOW_SPEED_LIMIT, 1L);
+		SET(CURLOPT_LOW_SPEED_TIME, stall < 1 ? 1L : stall > 30 ? 30L : stall);
+	}
 	SET(CURLOPT_USERAGENT, "tpsyncd/" TPSYNC_VERSION);
 	if (c->ca_file)
 		SET(CURLOPT_CAINFO, c->ca_file);
@@ -239,7 +295,10 @@ int http_start(struct http *h, struct http_call *c)
 		return r;
 	}
 	c->h = h;
-	c->started_at = clock_mono_ms();
+	c->started_at = c->progress_at = clock_mono_ms();
+	c->sent_at = 0;
+	c->uploaded = 0;
+	c->abort_reason[0] = '\0';
 	c->next = h->calls;
 	h->calls = c;
 	h->n_calls++;

@@ -23,13 +23,13 @@ struct http_call {
 	FILE *body;                /* POST this, from its current offset; NULL: GET */
 	int64_t body_size;
 	const char *content_type;  /* of the body */
-	int64_t timeout_ms;        /* the whole request */
+	int64_t timeout_ms;        /* for the answer, once the request (and its body) is sent */
 	int64_t connect_timeout_ms;
-	long low_speed_time_s;     /* a transfer under 1 byte/s for this long fails */
+	int64_t min_upload_speed;  /* bytes/s a body must at least move at (0: no bound) */
 	const char *ca_file;       /* NULL: the system's CA bundle */
 	size_t max_response;       /* keep at most this much of the answer in response */
-	/* Streaming: when set, the answer's bytes go here instead of response;
-	 * returning a negative errno aborts the request. */
+	/* Streaming: when set, every byte of the answer goes here too (response
+	 * still keeps its start); a negative errno return aborts the request. */
 	int (*on_data)(void *arg, const char *data, size_t len);
 	void *data_arg;
 
@@ -43,6 +43,10 @@ struct http_call {
 
 	/* Private to http.c. */
 	struct http *h;
+	int64_t sent_at;           /* clock_mono_ms() when the last body byte left (0: not yet) */
+	int64_t progress_at;       /* when the body last moved */
+	curl_off_t uploaded;
+	char abort_reason[128];    /* why on_progress stopped it */
 	CURL *easy;
 	struct curl_slist *headers;
 	struct http_call *next;
@@ -68,6 +72,12 @@ void http_call_finish(struct http_call *call);
 
 /* Calls running now. */
 int http_active(const struct http *h);
+
+/* The whole request's limit for a body of body_size bytes: connecting, the
+ * body at min_upload_speed, then timeout_ms for the answer (curl's own
+ * CURLOPT_TIMEOUT; the answer's wait is also checked on its own). */
+int64_t http_total_timeout_ms(int64_t connect_timeout_ms, int64_t body_size, int64_t min_upload_speed,
+			      int64_t timeout_ms);
 
 /* Copies up to 200 bytes of the call's response into out for messages,
  * printable ASCII only (everything else, and double quotes, as spaces). */

@@ -685,11 +685,11 @@ int queue_split(struct queue *q, int64_t id)
 
 /* --- status ------------------------------------------------------------------------ */
 
-int queue_due_polls(struct queue *q, int64_t now, bool (*each)(void *arg, int64_t id, const char *status_url),
+int queue_due_polls(struct queue *q, int64_t now, bool (*each)(void *arg, int64_t id, const char *status_url, int64_t answered_at),
 		    void *arg, int64_t *next_at)
 {
 	*next_at = 0;
-	sqlite3_stmt *s = store_prepare(q->st, "SELECT id, status_url, next_poll_at FROM batches WHERE state = ?"
+	sqlite3_stmt *s = store_prepare(q->st, "SELECT id, status_url, next_poll_at, answered_at FROM batches WHERE state = ?"
 					       " ORDER BY next_poll_at LIMIT 64", "t", S(BATCH_SUBMITTED));
 	if (!s)
 		return -EIO;
@@ -700,7 +700,7 @@ int queue_due_polls(struct queue *q, int64_t now, bool (*each)(void *arg, int64_
 			*next_at = at;
 			break;
 		}
-		if (!each(arg, sqlite3_column_int64(s, 0), (const char *)sqlite3_column_text(s, 1)))
+		if (!each(arg, sqlite3_column_int64(s, 0), (const char *)sqlite3_column_text(s, 1), sqlite3_column_int64(s, 3)))
 			break;
 	}
 	int r = rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : -EIO;
@@ -710,21 +710,155 @@ int queue_due_polls(struct queue *q, int64_t now, bool (*each)(void *arg, int64_
 	return r;
 }
 
-int queue_complete(struct queue *q, int64_t id, const struct queue_counts_at_target *c)
+/* What completing a batch with failed rows needs while its transaction is open. */
+struct completion {
+	struct queue *q;
+	int64_t batch_id;
+	int64_t max_failures;
+	struct queue_row_results *res;
+	struct buf attrs, changed, accepted_blob;
+	struct attrset row, accepted, changed_set;
+};
+
+/* Removes from profile's accepted values (the mirror) those equal to what the
+ * failed row carried: Target did not take them, so the mirror must not claim
+ * it did (a later change back to such a value is then sent again). */
+static int forget_failed_values(struct completion *c, const char *profile, size_t len)
+{
+	struct store *st = c->q->st;
+	sqlite3_stmt *s = store_prepare(st, "SELECT accepted FROM profiles WHERE id = ?", "s", profile, (int)len);
+	if (!s)
+		return -EIO;
+	int rc = sqlite3_step(s);
+	buf_reset(&c->accepted_blob);
+	if (rc == SQLITE_ROW && sqlite3_column_type(s, 0) != SQLITE_NULL &&
+	    buf_append(&c->accepted_blob, sqlite3_column_blob(s, 0), (size_t)sqlite3_column_bytes(s, 0)) < 0)
+		rc = SQLITE_NOMEM;
+	sqlite3_reset(s);
+	if (rc != SQLITE_ROW)
+		return rc == SQLITE_DONE ? 0 : rc == SQLITE_NOMEM ? -ENOMEM : -EIO;
+	if (attrset_decode(&c->accepted, c->accepted_blob.data, c->accepted_blob.len) < 0)
+		return -EINVAL;
+	bool changed = false;
+	for (size_t i = 0; i < c->row.n; i++) {
+		const struct attr_kv *kv = &c->row.kv[i];
+		if (attr_kv_equals(attrset_get(&c->accepted, kv->id), kv->val, kv->len)) {
+			attrset_del(&c->accepted, kv->id);
+			changed = true;
+		}
+	}
+	if (!changed)
+		return 0;
+	struct buf blob;
+	buf_init(&blob);
+	int r = attrset_encode(&c->accepted, &blob);
+	if (r == 0)
+		r = store_run(st, "UPDATE profiles SET accepted = ?2 WHERE id = ?1", "sb", profile, (int)len, blob.data,
+			      (int)blob.len);
+	buf_finish(&blob);
+	return r;
+}
+
+/* Target reported profile's row of the batch failed: its latest values go
+ * back to the queue, or, after max_failures failures in a row, its changed
+ * values become dead letters naming Target's verdict. */
+static int row_failed(void *arg, const char *profile, size_t len)
+{
+	struct completion *c = arg;
+	struct store *st = c->q->st;
+	sqlite3_stmt *s = store_prepare(st, "SELECT attrs, changed, failed FROM batch_rows WHERE batch_id = ? AND profile = ?",
+					"is", c->batch_id, profile, (int)len);
+	if (!s)
+		return -EIO;
+	int rc = sqlite3_step(s);
+	bool already = rc == SQLITE_ROW && sqlite3_column_int64(s, 2) != 0;
+	buf_reset(&c->attrs);
+	buf_reset(&c->changed);
+	if (rc == SQLITE_ROW && !already &&
+	    (buf_append(&c->attrs, sqlite3_column_blob(s, 0), (size_t)sqlite3_column_bytes(s, 0)) < 0 ||
+	     buf_append(&c->changed, sqlite3_column_blob(s, 1), (size_t)sqlite3_column_bytes(s, 1)) < 0))
+		rc = SQLITE_NOMEM;
+	sqlite3_reset(s);
+	if (rc == SQLITE_DONE || already) {
+		c->res->unknown += rc == SQLITE_DONE;
+		return 0; /* not in this batch, or listed twice */
+	}
+	if (rc != SQLITE_ROW)
+		return rc == SQLITE_NOMEM ? -ENOMEM : -EIO;
+	if (attrset_decode(&c->row, c->attrs.data, c->attrs.len) < 0 ||
+	    attrset_decode(&c->changed_set, c->changed.data, c->changed.len) < 0)
+		return -EINVAL;
+	int r = store_run(st, "UPDATE batch_rows SET failed = 1 WHERE batch_id = ? AND profile = ?", "is", c->batch_id,
+			  profile, (int)len);
+	int64_t failures = store_int(st, "SELECT failures FROM row_failures WHERE profile = ?", 0, "s", profile, (int)len) + 1;
+	char *id = strndup(profile, len);
+	if (!id)
+		return -ENOMEM;
+	if (r == 0 && failures >= c->max_failures) {
+		char reason[256];
+		snprintf(reason, sizeof(reason), "Target reported this profile's row failed %lld times in a row (batch %lld)",
+			 (long long)failures, (long long)c->batch_id);
+		for (size_t i = 0; r == 0 && i < c->changed_set.n; i++) {
+			struct dead_letter dl = {
+				.profile = id, .profile_len = len, .attr = store_attr_name(st, c->changed_set.kv[i].id),
+				.value = c->changed_set.kv[i].val, .value_len = c->changed_set.kv[i].len,
+				.batch_id = c->batch_id, .reason = reason, .attempts = failures,
+				.last_answer = "<status>failed</status>",
+			};
+			r = dead_letters_add(st, &dl);
+		}
+		if (r == 0)
+			r = store_run(st, "DELETE FROM row_failures WHERE profile = ?", "s", profile, (int)len);
+		c->res->dead++;
+	} else if (r == 0) {
+		/* Before the mirror forgets them: the latest values may be these. */
+		r = stage_refresh(&c->q->sg, id, &c->row);
+		if (r == 0)
+			r = store_run(st, "INSERT INTO row_failures (profile, failures, batch_id, at) VALUES (?1, ?2, ?3, ?4)"
+					  " ON CONFLICT (profile) DO UPDATE SET failures = excluded.failures,"
+					  " batch_id = excluded.batch_id, at = excluded.at",
+				      "siii", profile, (int)len, failures, c->batch_id, clock_wall_ms());
+		c->res->requeued++;
+	}
+	if (r == 0)
+		r = forget_failed_values(c, profile, len);
+	free(id);
+	return r;
+}
+
+int queue_complete(struct queue *q, int64_t id, const struct queue_counts_at_target *counts, int64_t max_failures,
+		   queue_feed_fn *feed, void *arg, struct queue_row_results *res)
 {
 	struct store *st = q->st;
+	memset(res, 0, sizeof(*res));
 	if (store_begin(st) < 0)
 		return -EIO;
-	sqlite3_stmt *u = store_prepare(st, "UPDATE batches SET state = ?7, target_status = 'complete', completed_at = ?2,"
-					    " consumed = ?3, successful = ?4, not_found = ?5, failed = ?6, polls = polls + 1,"
-					    " last_error = NULL WHERE id = ?1", "ii", id, clock_wall_ms());
-	int r = u ? 0 : -EIO;
+	struct completion c = { .q = q, .batch_id = id, .max_failures = max_failures, .res = res };
+	buf_init(&c.attrs);
+	buf_init(&c.changed);
+	buf_init(&c.accepted_blob);
+	attrset_init(&c.row);
+	attrset_init(&c.accepted);
+	attrset_init(&c.changed_set);
+	int r = feed ? feed(arg, row_failed, &c) : 0;
+	/* A profile whose row went through ends its run of failures. */
+	if (r == 0 && store_int(st, "SELECT count(*) FROM row_failures", 0, "") > 0)
+		r = store_run(st, "DELETE FROM row_failures WHERE profile IN"
+				  " (SELECT profile FROM batch_rows WHERE batch_id = ? AND failed = 0)", "i", id);
+	sqlite3_stmt *u = r == 0 ? store_prepare(st, "UPDATE batches SET state = ?7, target_status = 'complete',"
+						     " completed_at = ?2, consumed = ?3, successful = ?4, not_found = ?5,"
+						     " failed = ?6, polls = polls + 1, last_error = NULL, rows_requeued = ?8,"
+						     " rows_dead = ?9 WHERE id = ?1", "ii", id, clock_wall_ms()) : NULL;
+	if (r == 0 && !u)
+		r = -EIO;
 	if (u) {
-		int64_t counts[4] = { c->consumed, c->successful, c->not_found, c->failed };
+		int64_t values[4] = { counts->consumed, counts->successful, counts->not_found, counts->failed };
 		for (int i = 0; i < 4; i++)
-			if (counts[i] >= 0)
-				sqlite3_bind_int64(u, 3 + i, counts[i]);
+			if (values[i] >= 0)
+				sqlite3_bind_int64(u, 3 + i, values[i]);
 		sqlite3_bind_text(u, 7, S(BATCH_COMPLETE), -1, SQLITE_STATIC);
+		sqlite3_bind_int64(u, 8, res->requeued);
+		sqlite3_bind_int64(u, 9, res->dead);
 		if (sqlite3_step(u) != SQLITE_DONE) {
 			store_note_error(st);
 			r = -EIO;
@@ -733,28 +867,52 @@ int queue_complete(struct queue *q, int64_t id, const struct queue_counts_at_tar
 	}
 	if (r == 0)
 		r = delete_rows(st, id);
+	buf_finish(&c.attrs);
+	buf_finish(&c.changed);
+	buf_finish(&c.accepted_blob);
+	attrset_finish(&c.row);
+	attrset_finish(&c.accepted);
+	attrset_finish(&c.changed_set);
 	return finish(q, r);
 }
 
-int queue_poll_again(struct queue *q, int64_t id, int64_t next_at, const char *why, int64_t given_up_before,
-		     bool *gave_up)
+int queue_poll_again(struct queue *q, int64_t id, int64_t next_at, const char *why)
+{
+	return store_run(q->st, "UPDATE batches SET polls = polls + 1, next_poll_at = ?2, last_error = ?3 WHERE id = ?1",
+			 "iit", id, next_at, why);
+}
+
+int queue_unconfirm(struct queue *q, int64_t id, const char *why, int64_t *profiles)
 {
 	struct store *st = q->st;
-	*gave_up = false;
+	*profiles = 0;
 	if (store_begin(st) < 0)
 		return -EIO;
-	/* Target accepted the batch but will not say how it ended: after
-	 * retry.give_up_after of asking, stop (its values stay accepted). */
-	int r = store_run(st, "UPDATE batches SET state = ?4, last_error = ?3 WHERE id = ?1 AND answered_at < ?2", "iitt",
-			  id, given_up_before, why && *why ? why : "no final status within retry.give_up_after",
-			  S(BATCH_UNCONFIRMED));
-	if (r == 0 && sqlite3_changes(st->db) > 0) {
-		*gave_up = true;
-		r = delete_rows(st, id);
-	} else if (r == 0) {
-		r = store_run(st, "UPDATE batches SET polls = polls + 1, next_poll_at = ?2, last_error = ?3 WHERE id = ?1",
-			      "iit", id, next_at, why);
+	sqlite3_stmt *rows = store_prepare(st, "SELECT profile, attrs FROM batch_rows WHERE batch_id = ?", "i", id);
+	int r = rows ? 0 : -EIO;
+	if (rows) {
+		struct attrset ids;
+		attrset_init(&ids);
+		int rc = SQLITE_DONE;
+		while (r == 0 && (rc = sqlite3_step(rows)) == SQLITE_ROW) {
+			if (attrset_decode(&ids, sqlite3_column_blob(rows, 1), (size_t)sqlite3_column_bytes(rows, 1)) < 0)
+				r = -EINVAL;
+			else
+				r = stage_refresh(&q->sg, (const char *)sqlite3_column_text(rows, 0), &ids);
+			(*profiles)++;
+		}
+		if (r == 0 && rc != SQLITE_DONE) {
+			store_note_error(st);
+			r = -EIO;
+		}
+		sqlite3_reset(rows);
+		attrset_finish(&ids);
 	}
+	if (r == 0)
+		r = delete_rows(st, id);
+	if (r == 0)
+		r = store_run(st, "UPDATE batches SET state = ?2, last_error = ?3 WHERE id = ?1", "itt", id,
+			      S(BATCH_UNCONFIRMED), why);
 	return finish(q, r);
 }
 

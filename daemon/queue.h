@@ -106,23 +106,43 @@ int queue_kill(struct queue *q, int64_t id, const char *reason, const char *answ
  * (nothing changed). */
 int queue_split(struct queue *q, int64_t id);
 
-/* Calls each(arg, id, status_url) for submitted batches whose next poll is
- * due at now, earliest first, until each returns false; *next_at gets the
+/* Calls each(arg, id, status_url, answered_at) for submitted batches whose
+ * next poll is due at now, earliest first, until each returns false; *next_at gets the
  * first poll due later (0: none). Returns 0 or -EIO. */
-int queue_due_polls(struct queue *q, int64_t now, bool (*each)(void *arg, int64_t id, const char *status_url),
+int queue_due_polls(struct queue *q, int64_t now, bool (*each)(void *arg, int64_t id, const char *status_url, int64_t answered_at),
 		    void *arg, int64_t *next_at);
 
 /* Target's final word on batch id: complete, with its counts (-1: absent). */
 struct queue_counts_at_target {
 	int64_t consumed, successful, not_found, failed;
 };
-int queue_complete(struct queue *q, int64_t id, const struct queue_counts_at_target *c);
+/* What became of the rows Target reported failed. */
+struct queue_row_results {
+	int64_t requeued; /* their profiles' latest values are pending again */
+	int64_t dead;     /* failed max_failures times in a row: dead letters */
+	int64_t unknown;  /* ids Target listed that the batch did not carry */
+};
+/* Hands each failed row's profile id to sink (as target_parse_status_fd
+ * does); returns 0, or sink's or its own negative errno. */
+typedef int queue_feed_fn(void *arg, int (*sink)(void *sink_arg, const char *profile, size_t len), void *sink_arg);
+/* Completes batch id in one transaction. feed (may be NULL) names the rows
+ * Target reported failed: each one's values leave the mirror (it must never
+ * hold a value Target reported failed) and its profile's latest values are
+ * queued again, or after max_failures failures in a row for that profile
+ * become dead letters. A profile whose row went through starts counting
+ * anew. *res says what became of them. */
+int queue_complete(struct queue *q, int64_t id, const struct queue_counts_at_target *c, int64_t max_failures,
+		   queue_feed_fn *feed, void *arg, struct queue_row_results *res);
 
 /* No final status yet: poll batch id again at next_at, with why (may be
- * empty) as its last error. A batch accepted before given_up_before is given
- * up instead: marked unconfirmed (*gave_up set). */
-int queue_poll_again(struct queue *q, int64_t id, int64_t next_at, const char *why, int64_t given_up_before,
-		     bool *gave_up);
+ * empty) as its last error. */
+int queue_poll_again(struct queue *q, int64_t id, int64_t next_at, const char *why);
+
+/* Batch id's status can no longer be had (Target forgot it, or it is older
+ * than target.status_ttl): it is marked unconfirmed with why, and its
+ * profiles' latest values are queued again rather than assumed delivered.
+ * *profiles counts them. */
+int queue_unconfirm(struct queue *q, int64_t id, const char *why, int64_t *profiles);
 
 /* Target reported batch id stuck: the latest values of its changed attributes
  * are sent again, once (a batch that was itself such a re-queue is

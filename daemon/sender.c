@@ -28,6 +28,7 @@
 
 #define MAX_POLLS_IN_FLIGHT 4
 #define MAX_RESPONSE (1 << 20)
+#define MAX_EXCERPT 4096
 #define LATENCY_BUCKETS 12
 #define DAY_MS (86400LL * 1000)
 
@@ -39,7 +40,8 @@ struct transfer {
 	enum transfer_kind kind;
 	int64_t batch_id;
 	char *url;
-	FILE *body;
+	FILE *body;    /* a submission's body */
+	FILE *answer;  /* a poll's answer, streamed to a file: it can list 500,000 failed rows */
 	struct transfer *next;
 };
 
@@ -55,13 +57,16 @@ struct sender {
 	struct event *wake;
 	struct transfer *transfers;
 	int n_submits, n_polls;
-	struct callrate calls;
+	struct callrate calls;      /* every call to the bulk API: limits.calls_per_minute */
+	struct callrate poll_calls; /* the part polls may use: limits.poll_calls_per_minute */
 	struct token token;
 	bool is_paused;
 	bool is_auth_failed;
 	bool is_flush;
 	bool is_stopping;
 	int64_t auth_probe_at;
+	int64_t throttled_until;    /* Target answered 429/503: the whole account waits */
+	unsigned throttle_level;    /* consecutive throttled answers, for the backoff */
 	char blocked[256];
 	int64_t blocked_until;
 	char *submit_url;
@@ -69,7 +74,7 @@ struct sender {
 	/* counters for status and metrics */
 	int64_t rows_sent, batches_accepted, batches_complete, last_success_at;
 	int64_t retries_network, retries_http, retries_rejected, retries_garbage, auth_failures, splits;
-	int64_t polls_done;
+	int64_t polls_done, throttled, rows_failed, rows_requeued, rows_failed_dead, batches_unconfirmed;
 	char last_error[512];
 	int64_t latency_counts[LATENCY_BUCKETS + 1];
 	double latency_sum;
@@ -127,6 +132,35 @@ static void mark_auth_failed(struct sender *s, long http)
 	int r = token_load(&s->token, s->cfg);
 	if (r < 0)
 		log_err("msg=\"cannot read token\" path=\"%s\" error=\"%s\"", s->token.path, strerror(-r));
+}
+
+/* Target answered with the token accepted: an authentication pause is over. */
+static void auth_ok(struct sender *s)
+{
+	if (!s->is_auth_failed)
+		return;
+	s->is_auth_failed = false;
+	s->blocked[0] = '\0'; /* the pump says again what holds work back */
+	log_info("msg=\"Target accepts the token again; resuming delivery\"");
+}
+
+/* Target throttles the account (429/503, and other tools share the budget):
+ * every call waits, submissions and polls alike, for Retry-After or a
+ * growing backoff. */
+static void throttle(struct sender *s, int64_t retry_after_ms)
+{
+	const struct config *cfg = s->cfg;
+	s->throttle_level++;
+	s->throttled++;
+	int64_t delay = retry_after_ms >= 0 ? retry_after_ms
+					    : backoff_delay(cfg->retry.initial_ms, cfg->retry.max_ms, s->throttle_level,
+							    backoff_random());
+	if (delay > cfg->retry.max_ms)
+		delay = cfg->retry.max_ms;
+	int64_t until = clock_wall_ms() + delay;
+	if (until > s->throttled_until)
+		s->throttled_until = until;
+	log_warn("msg=\"Target is throttling the account; all calls wait\" delay_ms=%lld", (long long)delay);
 }
 
 static void observe_latency(struct sender *s, int64_t ms)
@@ -209,6 +243,12 @@ static void submit_done(struct sender *s, struct transfer *t)
 		      target_parse_answer(c->response.data ? c->response.data : "", c->response.len, &a) == 0;
 	struct target_judgement j;
 	target_judge_submit(c->result, c->error, c->status, parsed ? &a : NULL, body, &j);
+	if (j.is_throttled)
+		throttle(s, c->retry_after_ms);
+	else if (c->result == CURLE_OK)
+		s->throttle_level = 0;
+	if (c->result == CURLE_OK && j.verdict != TARGET_AUTH)
+		auth_ok(s);
 	switch (j.verdict) {
 	case TARGET_ACCEPTED:
 		accept_batch(s, id, a.batch_status);
@@ -252,12 +292,74 @@ static void submit_done(struct sender *s, struct transfer *t)
 
 static void poll_again(struct sender *s, int64_t id, int64_t delay, const char *why)
 {
-	bool gave_up = false;
-	int64_t now = clock_wall_ms();
-	if (queue_poll_again(s->q, id, now + delay, why, now - s->cfg->retry.give_up_after_ms, &gave_up) < 0)
+	if (queue_poll_again(s->q, id, clock_wall_ms() + delay, why) < 0)
 		db_failed(s, "poll");
-	else if (gave_up)
-		log_warn("msg=\"no final status from Target; batch left unconfirmed\" batch=%lld", (long long)id);
+}
+
+/* Batch id's status cannot be had any more: its profiles are sent again
+ * rather than assumed delivered. */
+static void unconfirm(struct sender *s, int64_t id, const char *why)
+{
+	int64_t n = 0;
+	if (queue_unconfirm(s->q, id, why, &n) < 0) {
+		db_failed(s, "unconfirming a batch");
+		return;
+	}
+	s->batches_unconfirmed++;
+	log_warn("msg=\"no final status from Target; the batch's profiles are sent again\" batch=%lld profiles=%lld "
+		 "reason=\"%s\"", (long long)id, (long long)n, why);
+	note_error(s, "batch %lld unconfirmed: %s", (long long)id, why);
+}
+
+/* The wait before the next poll of a batch that is still processing: the
+ * first after target.poll_interval, then twice as long each time, up to
+ * target.poll_max. */
+static int64_t incomplete_delay(const struct config *cfg, int64_t polls)
+{
+	int64_t d = cfg->target.poll_interval_ms;
+	for (int64_t i = 0; i < polls && d < cfg->target.poll_max_ms; i++)
+		d *= 2;
+	return d < cfg->target.poll_max_ms ? d : cfg->target.poll_max_ms;
+}
+
+/* Feeds queue_complete the failed rows, read again from the saved answer. */
+static int feed_failed(void *arg, int (*sink)(void *sink_arg, const char *profile, size_t len), void *sink_arg)
+{
+	struct transfer *t = arg;
+	struct target_answer again;
+	int r = target_parse_status_fd(fileno(t->answer), &again, sink, sink_arg);
+	if (r == 0)
+		target_answer_finish(&again);
+	return r;
+}
+
+static void complete(struct sender *s, struct transfer *t, const struct target_answer *a)
+{
+	int64_t id = t->batch_id;
+	struct queue_counts_at_target counts = { a->consumed, a->successful, a->not_found, a->failed };
+	struct queue_row_results res;
+	int r = queue_complete(s->q, id, &counts, s->cfg->retry.max_failures, a->failed_listed ? feed_failed : NULL, t,
+			       &res);
+	if (r < 0) {
+		if (r == -EIO)
+			db_failed(s, "complete");
+		else
+			log_err("msg=\"cannot complete batch\" batch=%lld error=\"%s\"", (long long)id, strerror(-r));
+		return;
+	}
+	s->batches_complete++;
+	s->rows_failed += a->failed_listed;
+	s->rows_requeued += res.requeued;
+	s->rows_failed_dead += res.dead;
+	log_info("msg=\"batch complete\" batch=%lld successful=%lld not_found=%lld failed=%lld", (long long)id,
+		 (long long)a->successful, (long long)a->not_found, (long long)a->failed);
+	if (a->failed_listed)
+		log_warn("msg=\"Target reports rows failed; their profiles are sent again\" batch=%lld failed=%lld "
+			 "requeued=%lld dead_lettered=%lld unknown=%lld", (long long)id, (long long)a->failed_listed,
+			 (long long)res.requeued, (long long)res.dead, (long long)res.unknown);
+	if (a->not_found > 0)
+		log_warn("msg=\"Target did not find some profiles (v1 updates existing profiles only)\" batch=%lld "
+			 "profiles_not_found=%lld", (long long)id, (long long)a->not_found);
 }
 
 static void poll_done(struct sender *s, struct transfer *t)
@@ -272,33 +374,40 @@ static void poll_done(struct sender *s, struct transfer *t)
 	char body[256], why[CURL_ERROR_SIZE + 300];
 	http_excerpt(c, body, sizeof(body));
 	struct target_answer a;
-	bool parsed = c->result == CURLE_OK && c->status == 200 &&
-		      target_parse_answer(c->response.data ? c->response.data : "", c->response.len, &a) == 0;
-	switch (target_judge_poll(c->result, c->error, c->status, parsed ? &a : NULL, body, why, sizeof(why))) {
+	bool parsed = c->result == CURLE_OK && c->status == 200 && t->answer &&
+		      target_parse_status_fd(fileno(t->answer), &a, NULL, NULL) == 0;
+	enum target_poll_verdict v = target_judge_poll(c->result, c->error, c->status, parsed ? &a : NULL, body, why,
+						       sizeof(why));
+	if (c->result == CURLE_OK && (c->status == 429 || c->status == 503))
+		throttle(s, c->retry_after_ms);
+	else if (parsed)
+		s->throttle_level = 0;
+	if (v != TARGET_POLL_AUTH && c->result == CURLE_OK && c->status == 200)
+		auth_ok(s);
+	switch (v) {
 	case TARGET_POLL_AUTH:
-		mark_auth_failed(s, c->status);
-		poll_again(s, id, cfg->target.poll_interval_ms, why);
+		/* A new token may be there already; if not, delivery pauses and
+		 * the polls go on as probes. */
+		if (token_changed(&s->token) && token_load(&s->token, cfg) == 0) {
+			log_info("msg=\"token file changed; polling again with the new token\"");
+			poll_again(s, id, 0, why);
+		} else {
+			mark_auth_failed(s, c->status);
+			poll_again(s, id, cfg->target.poll_interval_ms, why);
+		}
 		break;
 	case TARGET_POLL_RETRY: {
 		int64_t delay = c->result == CURLE_OK && c->retry_after_ms >= 0 ? c->retry_after_ms : backoff;
 		poll_again(s, id, delay < cfg->retry.max_ms ? delay : cfg->retry.max_ms, why);
 		break;
 	}
-	case TARGET_POLL_COMPLETE: {
-		s->polls_done++;
-		struct queue_counts_at_target counts = { a.consumed, a.successful, a.not_found, a.failed };
-		if (queue_complete(s->q, id, &counts) < 0) {
-			db_failed(s, "complete");
-			break;
-		}
-		s->batches_complete++;
-		log_info("msg=\"batch complete\" batch=%lld successful=%lld not_found=%lld failed=%lld", (long long)id,
-			 (long long)a.successful, (long long)a.not_found, (long long)a.failed);
-		if (a.not_found > 0)
-			log_warn("msg=\"Target did not find some profiles (v1 updates existing profiles only)\" batch=%lld "
-				 "profiles_not_found=%lld", (long long)id, (long long)a.not_found);
+	case TARGET_POLL_GONE:
+		unconfirm(s, id, why);
 		break;
-	}
+	case TARGET_POLL_COMPLETE:
+		s->polls_done++;
+		complete(s, t, &a);
+		break;
 	case TARGET_POLL_STUCK:
 		s->polls_done++;
 		if (queue_requeue_stuck(s->q, id) < 0) {
@@ -310,7 +419,7 @@ static void poll_done(struct sender *s, struct transfer *t)
 		break;
 	case TARGET_POLL_INCOMPLETE:
 		s->polls_done++;
-		poll_again(s, id, cfg->target.poll_interval_ms, "");
+		poll_again(s, id, incomplete_delay(cfg, b.polls + 1), "");
 		break;
 	}
 	if (parsed)
@@ -324,6 +433,8 @@ static void transfer_free(struct transfer *t)
 	http_call_finish(&t->call);
 	if (t->body)
 		fclose(t->body);
+	if (t->answer)
+		fclose(t->answer);
 	free(t->url);
 	free(t);
 }
@@ -347,6 +458,10 @@ static void on_http_done(void *arg, struct http_call *call)
 		submit_done(s, t);
 	} else {
 		s->n_polls--;
+		if (fflush(t->answer) != 0 && call->result == CURLE_OK) {
+			call->result = CURLE_WRITE_ERROR;
+			snprintf(call->error, sizeof(call->error), "cannot keep the answer: %s", strerror(errno));
+		}
 		poll_done(s, t);
 	}
 	transfer_free(t);
@@ -377,11 +492,9 @@ static struct transfer *transfer_new(struct sender *s, enum transfer_kind kind, 
 	t->call.url = t->url;
 	t->call.timeout_ms = cfg->target.timeout_ms;
 	t->call.connect_timeout_ms = cfg->target.connect_timeout_ms;
-	/* A stalled transfer (under 1 byte/s) fails well before the total timeout. */
-	long stall = (long)(cfg->target.timeout_ms / 2000);
-	t->call.low_speed_time_s = stall < 1 ? 1L : stall > 30 ? 30L : stall;
+	t->call.min_upload_speed = cfg->target.min_upload_speed;
 	t->call.ca_file = cfg->target.ca_file;
-	t->call.max_response = MAX_RESPONSE;
+	t->call.max_response = kind == XFER_POLL ? MAX_EXCERPT : MAX_RESPONSE;
 	return t;
 }
 
@@ -392,6 +505,8 @@ static int transfer_start(struct sender *s, struct transfer *t)
 	if (r < 0)
 		return r;
 	callrate_record(&s->calls, clock_wall_ms());
+	if (t->kind == XFER_POLL)
+		callrate_record(&s->poll_calls, clock_wall_ms());
 	t->next = s->transfers;
 	s->transfers = t;
 	if (t->kind == XFER_SUBMIT)
@@ -473,13 +588,28 @@ static bool is_polling(struct sender *s, int64_t id)
 	return false;
 }
 
+/* A poll's answer goes to a file as it arrives. */
+static int save_answer(void *arg, const char *data, size_t len)
+{
+	struct transfer *t = arg;
+	return fwrite(data, 1, len, t->answer) == len ? 0 : -EIO;
+}
+
 static int start_poll(struct sender *s, int64_t id, const char *status_url)
 {
-	char *url = target_status_url(status_url);
+	char *url = target_status_url(s->cfg, status_url);
 	struct transfer *t = url ? transfer_new(s, XFER_POLL, id, url) : NULL;
 	free(url);
 	if (!t)
 		return -ENOMEM;
+	t->answer = tmpfile();
+	if (!t->answer) {
+		int r = -errno;
+		transfer_free(t);
+		return r;
+	}
+	t->call.on_data = save_answer;
+	t->call.data_arg = t;
 	if (s->token.value && target_may_send_token(s->cfg, t->url, status_url))
 		t->call.bearer = s->token.value;
 	int r = transfer_start(s, t);
@@ -535,16 +665,19 @@ static int64_t next_batch(struct sender *s, int64_t now, int64_t *wake)
 		take_earlier(wake, since + cfg->batch.linger_ms);
 		return 0;
 	}
-	int64_t sent_today = 0, oldest = now;
-	if (queue_rows_sent(s->q, now - DAY_MS, &sent_today, &oldest) < 0) {
-		db_failed(s, "counting rows sent");
-		return -EIO;
-	}
-	int64_t budget = cfg->limits.rows_per_day - sent_today;
-	if (budget <= 0) {
-		set_blocked(s, "limits.rows_per_day", oldest + DAY_MS);
-		take_earlier(wake, oldest + DAY_MS);
-		return 0;
+	int64_t budget = cfg->batch.max_rows;
+	if (cfg->limits.rows_per_day > 0) {
+		int64_t sent_today = 0, oldest = now;
+		if (queue_rows_sent(s->q, now - DAY_MS, &sent_today, &oldest) < 0) {
+			db_failed(s, "counting rows sent");
+			return -EIO;
+		}
+		budget = cfg->limits.rows_per_day - sent_today;
+		if (budget <= 0) {
+			set_blocked(s, "limits.rows_per_day", oldest + DAY_MS);
+			take_earlier(wake, oldest + DAY_MS);
+			return 0;
+		}
 	}
 	id = queue_build(s->q, cfg, budget);
 	if (id < 0) {
@@ -564,17 +697,24 @@ struct poll_round {
 	int64_t *wake;
 };
 
-/* For each batch whose status poll is due: start it, within the call budget. */
-static bool poll_one(void *arg, int64_t id, const char *status_url)
+/* For each batch whose status poll is due: start it, within both budgets
+ * (polls may use only limits.poll_calls_per_minute of the calls, so they
+ * never starve submissions); a batch past target.status_ttl is unconfirmed. */
+static bool poll_one(void *arg, int64_t id, const char *status_url, int64_t answered_at)
 {
 	struct poll_round *p = arg;
 	struct sender *s = p->s;
 	int64_t free_at = 0;
-	if (s->n_polls >= MAX_POLLS_IN_FLIGHT)
-		return false;
 	if (is_polling(s, id))
 		return true;
-	if (!callrate_may_call(&s->calls, p->now, &free_at)) {
+	if (answered_at && p->now - answered_at > s->cfg->target.status_ttl_ms) {
+		unconfirm(s, id, "no final status within target.status_ttl");
+		sender_kick(s); /* its profiles are pending again */
+		return true;
+	}
+	if (s->n_polls >= MAX_POLLS_IN_FLIGHT)
+		return false;
+	if (!callrate_may_call(&s->calls, p->now, &free_at) || !callrate_may_call(&s->poll_calls, p->now, &free_at)) {
 		if (!s->blocked[0])
 			set_blocked(s, "limits.calls_per_minute", free_at);
 		take_earlier(p->wake, free_at);
@@ -605,6 +745,12 @@ static void pump(struct sender *s)
 	int max_submits = (int)cfg->batch.max_in_flight;
 	if (s->is_paused)
 		set_blocked(s, "paused (tpsyncctl pause)", 0);
+	bool is_throttled = now < s->throttled_until;
+	if (is_throttled) {
+		may_submit = false;
+		set_blocked(s, "Target throttling (HTTP 429/503)", s->throttled_until);
+		take_earlier(&wake, s->throttled_until);
+	}
 	if (s->is_auth_failed) {
 		if (token_changed(&s->token) && token_load(&s->token, cfg) == 0) {
 			log_info("msg=\"token file changed; resuming delivery\"");
@@ -641,7 +787,7 @@ static void pump(struct sender *s)
 	/* Status polls share the call budget but never hold submissions back. */
 	struct poll_round round = { .s = s, .now = now, .wake = &wake };
 	int64_t next_poll = 0;
-	if (queue_due_polls(s->q, now, poll_one, &round, &next_poll) < 0)
+	if (!is_throttled && queue_due_polls(s->q, now, poll_one, &round, &next_poll) < 0)
 		db_failed(s, "polling");
 	take_earlier(&wake, next_poll);
 	if (wake) {
@@ -678,7 +824,9 @@ struct sender *sender_create(struct event_base *base, struct store *st, struct q
 	s->arg = arg;
 	s->wake = evtimer_new(base, on_wake, s);
 	s->submit_url = target_submit_url(cfg);
-	if (callrate_init(&s->calls, (size_t)cfg->limits.calls_per_minute, 60000) < 0 || !s->wake || !s->submit_url) {
+	if (callrate_init(&s->calls, (size_t)cfg->limits.calls_per_minute, 60000) < 0 ||
+	    callrate_init(&s->poll_calls, (size_t)cfg->limits.poll_calls_per_minute, 60000) < 0 || !s->wake ||
+	    !s->submit_url) {
 		log_err("msg=\"cannot set up the sender\" error=\"out of memory\"");
 		goto fail;
 	}
@@ -718,6 +866,7 @@ void sender_destroy(struct sender *s)
 		event_free(s->wake);
 	token_finish(&s->token);
 	callrate_finish(&s->calls);
+	callrate_finish(&s->poll_calls);
 	free(s->submit_url);
 	free(s);
 }
@@ -759,7 +908,8 @@ int sender_reload_token(struct sender *s)
 int sender_reconfigure(struct sender *s, const struct config *cfg)
 {
 	char *url = target_submit_url(cfg);
-	if (!url || callrate_resize(&s->calls, (size_t)cfg->limits.calls_per_minute) < 0) {
+	if (!url || callrate_resize(&s->calls, (size_t)cfg->limits.calls_per_minute) < 0 ||
+	    callrate_resize(&s->poll_calls, (size_t)cfg->limits.poll_calls_per_minute) < 0) {
 		free(url);
 		return -ENOMEM;
 	}
@@ -820,6 +970,10 @@ void sender_status(struct sender *s, json_t *obj)
 	json_object_set_new(dl, "last_success_at", s->last_success_at ? json_integer(s->last_success_at) : json_null());
 	json_object_set_new(dl, "last_error", s->last_error[0] ? json_string(s->last_error) : json_null());
 	json_object_set_new(dl, "calls_last_minute", json_integer((json_int_t)callrate_used(&s->calls, now)));
+	json_object_set_new(dl, "polls_last_minute", json_integer((json_int_t)callrate_used(&s->poll_calls, now)));
+	json_object_set_new(dl, "rows_failed_at_target", json_integer(s->rows_failed));
+	json_object_set_new(dl, "rows_requeued_after_failure", json_integer(s->rows_requeued));
+	json_object_set_new(dl, "batches_unconfirmed", json_integer(s->batches_unconfirmed));
 	json_object_set_new(dl, "rows_sent_last_24h", json_integer(queue_rows_last_day(s->q, now)));
 	json_object_set_new(dl, "token", json_string(s->token.value ? "loaded" : "none"));
 	json_object_set_new(obj, "delivery", dl);
@@ -850,6 +1004,14 @@ void sender_metrics(struct sender *s, FILE *out)
 	fprintf(out, "tpsync_retries_total{cause=\"rejected\"} %lld\n", (long long)s->retries_rejected);
 	fprintf(out, "tpsync_retries_total{cause=\"garbage\"} %lld\n", (long long)s->retries_garbage);
 	fprintf(out, "tpsync_retries_total{cause=\"auth\"} %lld\n", (long long)s->auth_failures);
+	fprintf(out, "tpsync_retries_total{cause=\"throttled\"} %lld\n", (long long)s->throttled);
+	fprintf(out, "# HELP tpsync_rows_failed_total Rows Target's batch status reported failed, by what became of them.\n"
+		     "# TYPE tpsync_rows_failed_total counter\n");
+	fprintf(out, "tpsync_rows_failed_total{outcome=\"requeued\"} %lld\n", (long long)s->rows_requeued);
+	fprintf(out, "tpsync_rows_failed_total{outcome=\"dead\"} %lld\n", (long long)s->rows_failed_dead);
+	fprintf(out, "# HELP tpsync_batches_unconfirmed_total Batches whose final status could not be had (their "
+		     "profiles were sent again).\n# TYPE tpsync_batches_unconfirmed_total counter\n");
+	fprintf(out, "tpsync_batches_unconfirmed_total %lld\n", (long long)s->batches_unconfirmed);
 	fprintf(out, "# HELP tpsync_batch_splits_total Batches split after HTTP 413.\n# TYPE tpsync_batch_splits_total counter\n");
 	fprintf(out, "tpsync_batch_splits_total %lld\n", (long long)s->splits);
 	fprintf(out, "# HELP tpsync_request_duration_seconds Target request latency.\n# TYPE tpsync_request_duration_seconds histogram\n");

@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <unistd.h>
 
 #include "buf.h"
 
@@ -23,10 +25,14 @@ char *target_submit_url(const struct config *cfg)
 	return url;
 }
 
-char *target_status_url(const char *status_url)
+char *target_status_url(const struct config *cfg, const char *status_url)
 {
+	/* Adobe gives status URLs as http://; with an https base they are polled
+	 * over https (the edge hosts serve both), never over plain http. */
+	bool upgrade = strncmp(cfg->target.base_url, "https://", 8) == 0 && strncasecmp(status_url, "http://", 7) == 0;
 	char *url;
-	if (asprintf(&url, "%s%sshowDetails=true", status_url, strchr(status_url, '?') ? "&" : "?") < 0)
+	if (asprintf(&url, "%s%s%sshowDetails=true", upgrade ? "https://" : "", upgrade ? status_url + 7 : status_url,
+		     strchr(status_url, '?') ? "&" : "?") < 0)
 		return NULL;
 	return url;
 }
@@ -53,6 +59,16 @@ static bool url_origin(const char *url, char *out, size_t size)
 	return true;
 }
 
+/* The host[:port] part of url, lower-cased, into out. */
+static bool url_authority(const char *url, char *out, size_t size)
+{
+	char origin[512];
+	if (!url_origin(url, origin, sizeof(origin)))
+		return false;
+	snprintf(out, size, "%s", strstr(origin, "://") + 3);
+	return true;
+}
+
 bool target_may_send_token(const struct config *cfg, const char *url, const char *status_url)
 {
 	char want[512], have[512];
@@ -60,17 +76,28 @@ bool target_may_send_token(const struct config *cfg, const char *url, const char
 		return false;
 	if (url_origin(cfg->target.base_url, want, sizeof(want)) && strcmp(want, have) == 0)
 		return true;
-	if (!status_url || !url_origin(status_url, want, sizeof(want)) || strcmp(want, have) != 0)
+	/* A status host Target named (its authority: the scheme may have been
+	 * upgraded), but never over plain http when the base is https. */
+	char a[512], b[512];
+	if (!status_url || !url_authority(status_url, a, sizeof(a)) || !url_authority(url, b, sizeof(b)) ||
+	    strcmp(a, b) != 0)
 		return false;
-	/* A status host Target named, but never a downgrade from an https base. */
 	return strncmp(cfg->target.base_url, "https://", 8) != 0 || strncmp(have, "https://", 8) == 0;
 }
 
+/* The answer parser: expat events into a struct target_answer. Top-level
+ * elements of <response> are fields; a status answer's <profile> elements
+ * (v2: the rows that failed) go to on_failed one by one, so a list of any
+ * length is parsed in bounded memory. */
 struct parse {
 	struct target_answer *a;
 	int depth;
 	bool is_response;
+	bool in_profile;
 	struct buf text;
+	char *profile_id, *profile_status;
+	int (*on_failed)(void *arg, const char *id, size_t len);
+	void *arg;
 	int error;
 };
 
@@ -79,6 +106,12 @@ static void XMLCALL on_start(void *data, const XML_Char *name, const XML_Char **
 	struct parse *p = data;
 	if (p->depth == 0)
 		p->is_response = strcmp(name, "response") == 0;
+	if (p->depth == 1 && p->is_response && strcmp(name, "profile") == 0) {
+		p->in_profile = true;
+		free(p->profile_id);
+		free(p->profile_status);
+		p->profile_id = p->profile_status = NULL;
+	}
 	p->depth++;
 	buf_reset(&p->text);
 }
@@ -97,23 +130,68 @@ static int64_t to_int(const char *s)
 	return end == s ? -1 : v;
 }
 
-static void XMLCALL on_end(void *data, const XML_Char *name)
+/* The element's text without surrounding white space (in p->text). */
+static char *trimmed(struct parse *p)
 {
-	struct parse *p = data;
-	p->depth--;
-	if (p->depth != 1 || !p->is_response)
-		return;
 	if (buf_terminate(&p->text) < 0) {
 		p->error = -ENOMEM;
-		return;
+		return NULL;
 	}
-	/* Trim surrounding white space. */
 	char *t = p->text.data;
 	while (*t == ' ' || *t == '\n' || *t == '\r' || *t == '\t')
 		t++;
 	size_t n = strlen(t);
 	while (n && (t[n - 1] == ' ' || t[n - 1] == '\n' || t[n - 1] == '\r' || t[n - 1] == '\t'))
 		t[--n] = '\0';
+	return t;
+}
+
+static void keep(struct parse *p, char **field, const char *t)
+{
+	free(*field);
+	*field = strdup(t);
+	if (!*field)
+		p->error = -ENOMEM;
+}
+
+/* The end of a <profile>: a failed row goes to on_failed. */
+static void end_profile(struct parse *p)
+{
+	p->in_profile = false;
+	if (!p->profile_id || !p->profile_status || strcmp(p->profile_status, "failed") != 0)
+		return;
+	p->a->failed_listed++;
+	if (p->on_failed && p->error == 0) {
+		int r = p->on_failed(p->arg, p->profile_id, strlen(p->profile_id));
+		if (r < 0)
+			p->error = r;
+	}
+}
+
+static void XMLCALL on_end(void *data, const XML_Char *name)
+{
+	struct parse *p = data;
+	p->depth--;
+	if (!p->is_response)
+		return;
+	if (p->depth == 2 && p->in_profile) {
+		const char *t = trimmed(p);
+		if (t && strcmp(name, "id") == 0)
+			keep(p, &p->profile_id, t);
+		else if (t && strcmp(name, "status") == 0)
+			keep(p, &p->profile_status, t);
+		buf_reset(&p->text);
+		return;
+	}
+	if (p->depth != 1)
+		return;
+	if (p->in_profile && strcmp(name, "profile") == 0) {
+		end_profile(p);
+		return;
+	}
+	char *t = trimmed(p);
+	if (!t)
+		return;
 	struct target_answer *a = p->a;
 	char **field = NULL;
 	if (strcmp(name, "success") == 0) {
@@ -138,39 +216,74 @@ static void XMLCALL on_end(void *data, const XML_Char *name)
 	} else if (strcmp(name, "failedUpdates") == 0) {
 		a->failed = to_int(t);
 	}
-	if (field) {
-		free(*field);
-		*field = strdup(t);
-		if (!*field)
-			p->error = -ENOMEM;
-	}
+	if (field)
+		keep(p, field, t);
 	buf_reset(&p->text);
+}
+
+static void parse_init(struct parse *p, struct target_answer *out, XML_Parser xp)
+{
+	memset(out, 0, sizeof(*out));
+	out->batch_size = out->consumed = out->successful = out->not_found = out->failed = -1;
+	memset(p, 0, sizeof(*p));
+	p->a = out;
+	buf_init(&p->text);
+	XML_SetUserData(xp, p);
+	XML_SetElementHandler(xp, on_start, on_end);
+	XML_SetCharacterDataHandler(xp, on_text);
+}
+
+/* Ends a parse: 0, the callback's or memory error, or -EBADMSG. */
+static int parse_finish(struct parse *p, bool ok)
+{
+	buf_finish(&p->text);
+	free(p->profile_id);
+	free(p->profile_status);
+	int r = p->error < 0 ? p->error : !ok || !p->is_response ? -EBADMSG : 0;
+	if (r < 0)
+		target_answer_finish(p->a);
+	return r;
 }
 
 int target_parse_answer(const char *body, size_t len, struct target_answer *out)
 {
-	memset(out, 0, sizeof(*out));
-	out->batch_size = out->consumed = out->successful = out->not_found = out->failed = -1;
 	XML_Parser xp = XML_ParserCreate("UTF-8");
 	if (!xp)
 		return -ENOMEM;
-	struct parse p = { .a = out };
-	buf_init(&p.text);
-	XML_SetUserData(xp, &p);
-	XML_SetElementHandler(xp, on_start, on_end);
-	XML_SetCharacterDataHandler(xp, on_text);
-	int ok = XML_Parse(xp, body, (int)len, 1) == XML_STATUS_OK;
+	struct parse p;
+	parse_init(&p, out, xp);
+	bool ok = XML_Parse(xp, body, (int)len, 1) == XML_STATUS_OK;
 	XML_ParserFree(xp);
-	buf_finish(&p.text);
-	if (p.error < 0) {
-		target_answer_finish(out);
-		return p.error;
+	return parse_finish(&p, ok);
+}
+
+int target_parse_status_fd(int fd, struct target_answer *out, int (*on_failed)(void *arg, const char *id, size_t len),
+			   void *arg)
+{
+	XML_Parser xp = XML_ParserCreate("UTF-8");
+	if (!xp)
+		return -ENOMEM;
+	struct parse p;
+	parse_init(&p, out, xp);
+	p.on_failed = on_failed;
+	p.arg = arg;
+	bool ok = true;
+	char chunk[65536];
+	for (off_t at = 0; ok && p.error == 0;) {
+		ssize_t n = pread(fd, chunk, sizeof(chunk), at);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			p.error = -errno;
+			break;
+		}
+		ok = XML_Parse(xp, chunk, (int)n, n == 0) == XML_STATUS_OK;
+		if (n == 0)
+			break;
+		at += n;
 	}
-	if (!ok || !p.is_response) {
-		target_answer_finish(out);
-		return -EBADMSG;
-	}
-	return 0;
+	XML_ParserFree(xp);
+	return parse_finish(&p, ok);
 }
 
 void target_answer_finish(struct target_answer *a)
@@ -246,6 +359,17 @@ void target_judge_submit(CURLcode res, const char *error, long http, const struc
 		out->verdict = TARGET_SPLIT;
 		snprintf(out->why, sizeof(out->why), "HTTP 413: %s", excerpt);
 		return;
+	case 301:
+	case 302:
+	case 303:
+	case 307:
+	case 308:
+		/* A proxy in the way: retried a bounded number of times, never
+		 * followed (the token would go with it). */
+		out->verdict = TARGET_REJECTED;
+		out->cause = TARGET_CAUSE_HTTP;
+		snprintf(out->why, sizeof(out->why), "HTTP %ld (a redirect; not followed): %s", http, excerpt);
+		return;
 	case 408:
 	case 429:
 	case 500:
@@ -255,6 +379,7 @@ void target_judge_submit(CURLcode res, const char *error, long http, const struc
 		out->verdict = TARGET_RETRY;
 		out->cause = TARGET_CAUSE_HTTP;
 		out->use_retry_after = true;
+		out->is_throttled = http == 429 || http == 503;
 		/* 408/429/503 say the request was not processed; a 5xx might have been. */
 		out->is_uncertain = http == 500 || http == 502 || http == 504;
 		snprintf(out->why, sizeof(out->why), "HTTP %ld: %s", http, excerpt);
@@ -275,8 +400,12 @@ enum target_poll_verdict target_judge_poll(CURLcode res, const char *error, long
 		return TARGET_POLL_RETRY;
 	}
 	if (http == 401 || http == 403) {
-		snprintf(why, size, "status poll: authentication failed");
+		snprintf(why, size, "status poll: authentication failed (HTTP %ld)", http);
 		return TARGET_POLL_AUTH;
+	}
+	if (http == 404 || http == 410) {
+		snprintf(why, size, "status poll: HTTP %ld: Target no longer knows the batch", http);
+		return TARGET_POLL_GONE;
 	}
 	if (http != 200 || !a) {
 		snprintf(why, size, "status poll: HTTP %ld: %s", http, excerpt);

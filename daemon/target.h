@@ -20,22 +20,35 @@ struct target_answer {
 	char *batch_id;
 	char *status;       /* status poll: complete | incomplete | stuck */
 	int64_t batch_size, consumed, successful, not_found, failed; /* -1: absent */
+	int64_t failed_listed; /* <profile> elements with status failed (v2 status) */
 };
 
 /* The batchUpdate URL for cfg (v1 or v2). Caller frees. NULL on ENOMEM. */
 char *target_submit_url(const struct config *cfg);
 
-/* The status URL to poll, with showDetails=true added. Caller frees. */
-char *target_status_url(const char *status_url);
+/* The status URL to poll: Target's, with showDetails=true added, and over
+ * https when the base is https (Adobe gives them as http://). Caller frees;
+ * NULL on ENOMEM. */
+char *target_status_url(const struct config *cfg, const char *status_url);
 
-/* Whether the bearer token may go to url: only to the configured base URL's host
- * or to the status host Target named, and never from https down to http. */
+/* Whether the bearer token may go to url: only to the configured base URL's
+ * origin or to the status host Target named (status_url, whatever its scheme),
+ * and never over plain http when the base is https. */
 bool target_may_send_token(const struct config *cfg, const char *url, const char *status_url);
 
 /* Parses an XML <response> answer. Returns 0 with *out filled (free with
  * target_answer_finish()), or -EBADMSG when body is not such a document. */
 int target_parse_answer(const char *body, size_t len, struct target_answer *out);
 void target_answer_finish(struct target_answer *a);
+
+/* Parses a status answer from fd (read with pread from offset 0 to its end,
+ * 64 KiB at a time) like target_parse_answer, and calls on_failed(arg, id,
+ * len) for every <profile> whose status is failed, as the parser meets it: a
+ * list of 500,000 failed rows takes no more memory than one. on_failed may be
+ * NULL (they are only counted in failed_listed); its negative return stops
+ * the parse and is returned. Returns 0, -EBADMSG, -ENOMEM or a read error. */
+int target_parse_status_fd(int fd, struct target_answer *out, int (*on_failed)(void *arg, const char *id, size_t len),
+			   void *arg);
 
 /* The batchId query parameter of a status URL, copied into out (at most size
  * - 1 bytes); false when there is none. */
@@ -60,6 +73,7 @@ struct target_judgement {
 	enum target_cause cause;
 	bool is_uncertain;    /* Target may have applied it anyway: send the latest values once more later */
 	bool use_retry_after; /* a Retry-After header, if any, sets the delay */
+	bool is_throttled;    /* 429/503: the whole account must slow down, not just this batch */
 	char why[600];        /* for the batch's last_error and dead letters */
 };
 
@@ -81,6 +95,7 @@ enum target_poll_verdict {
 	TARGET_POLL_STUCK,      /* Target cannot complete it */
 	TARGET_POLL_RETRY,      /* no usable answer (network, HTTP error, garbage): ask again after a backoff */
 	TARGET_POLL_AUTH,       /* 401/403 */
+	TARGET_POLL_GONE,       /* 404/410: Target no longer knows the batch */
 };
 
 /* Judges a status poll's outcome like target_judge_submit; why gets a message

@@ -98,6 +98,7 @@ target:
   client_code: demo
   base_url: {base_url}
   poll_interval: 100ms
+  poll_max: 400ms
   timeout: {timeout}
 {target_extra}state:
   database: {dir}/state.db

@@ -99,7 +99,11 @@ static void defaults(void)
 	CHECK(cfg->batch.max_rows == 500000 && cfg->batch.max_bytes < 50000000);
 	CHECK(cfg->batch.linger_ms == 5000 && cfg->batch.max_in_flight == 2 && cfg->batch.rows == ROWS_FULL_PROFILE);
 	CHECK(cfg->retry.initial_ms == 1000 && cfg->retry.max_ms == 600000 && cfg->retry.give_up_after_ms == 7LL * 86400000);
-	CHECK(cfg->limits.rows_per_day == 1000000 && cfg->limits.calls_per_minute == 50);
+	/* No daily cap by default (Target has none since 2025); polls get a fifth of the budget. */
+	CHECK(cfg->limits.rows_per_day == 0 && cfg->limits.calls_per_minute == 50);
+	CHECK(cfg->limits.poll_calls_per_minute == 10);
+	CHECK(cfg->target.poll_interval_ms == 30000 && cfg->target.poll_max_ms == 600000);
+	CHECK(cfg->target.status_ttl_ms == 86400000 && cfg->target.min_upload_speed == 100000);
 	CHECK_STR(cfg->state.database, "/var/lib/tpsyncd/state.db");
 	CHECK_STR(cfg->control.socket, "/run/tpsyncd/control.sock");
 	CHECK(strstr(err, "warning: no sources configured") != NULL);

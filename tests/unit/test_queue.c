@@ -292,7 +292,7 @@ static void test_large_body(void)
 /* The steps of one batch as the sender takes them: posting is recorded and
  * counted against the daily budget, a retry with an echo, the poll schedule,
  * completion, and a crash while posting recovered as ready with echoes. */
-static bool collect_poll(void *arg, int64_t id, const char *url)
+static bool collect_poll(void *arg, int64_t id, const char *url, int64_t answered_at)
 {
 	int64_t *got = arg;
 	*got = id;
@@ -332,10 +332,10 @@ static void test_sender_steps(void)
 	int64_t polled = 0, poll_next = 0;
 	CHECK(queue_due_polls(qu, 11999, collect_poll, &polled, &poll_next) == 0 && polled == 0 && poll_next == 12000);
 	CHECK(queue_due_polls(qu, 12000, collect_poll, &polled, &poll_next) == 0 && polled == b);
-	bool gave_up = true;
-	CHECK(queue_poll_again(qu, b, 13000, "", 0, &gave_up) == 0 && !gave_up);
+	CHECK(queue_poll_again(qu, b, 13000, "") == 0);
 	struct queue_counts_at_target counts = { 2, 2, 0, 0 };
-	CHECK(queue_complete(qu, b, &counts) == 0);
+	struct queue_row_results res;
+	CHECK(queue_complete(qu, b, &counts, 3, NULL, NULL, &res) == 0 && res.requeued == 0);
 	CHECK(queue_get(qu, b, &info) == 0 && info.state == BATCH_COMPLETE && info.polls == 2);
 	CHECK(q("SELECT count(*) FROM batch_rows") == 0);
 	/* Now the echoes run: both profiles' latest values are pending again. */
@@ -344,6 +344,81 @@ static void test_sender_steps(void)
 	struct queue_counts c;
 	CHECK(queue_counts(qu, true, &c) == 0 && c.pending_profiles == 2 && c.batches[BATCH_COMPLETE] == 1 &&
 	      c.echoes == 0);
+	teardown();
+}
+
+/* Feeds the ids of a NULL-terminated list as failed rows. */
+static int feed_list(void *arg, int (*sink)(void *sink_arg, const char *profile, size_t len), void *sink_arg)
+{
+	for (const char *const *id = arg; *id; id++) {
+		int r = sink(sink_arg, *id, strlen(*id));
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
+/* Rows Target reported failed: their values leave the mirror and their
+ * profiles' latest values are queued again; the third failure in a row
+ * dead-letters them; a row that went through resets the count; ids the batch
+ * did not carry are counted as unknown. */
+static void test_failed_rows(void)
+{
+	setup();
+	stage("p1", (const char *[]){ "a=1", "b=x", NULL });
+	stage("p2", (const char *[]){ "a=2", NULL });
+	struct queue_counts_at_target counts = { 2, 1, 0, 1 };
+	struct queue_row_results res;
+	static const char *const p1_and_ghost[] = { "p1", "ghost", NULL }, *const p1[] = { "p1", NULL };
+	for (int round = 1; round <= 3; round++) {
+		int64_t b = queue_build(qu, &cfg, 1000);
+		CHECK(b > 0);
+		accept_awaiting_status(b);
+		CHECK_STR(column_value(st, "p1", "accepted", "a", v, sizeof(v)), "1");
+		CHECK(queue_complete(qu, b, &counts, 3, feed_list, (void *)(round == 1 ? p1_and_ghost : p1), &res) == 0);
+		/* The mirror no longer claims Target has p1's values. */
+		CHECK_STR(column_value(st, "p1", "accepted", "a", v, sizeof(v)), "");
+		if (round < 3) {
+			CHECK(res.requeued == 1 && res.dead == 0 && res.unknown == (round == 1));
+			CHECK_STR(column_value(st, "p1", "pending", "a", v, sizeof(v)), "1");
+			CHECK_STR(column_value(st, "p1", "pending", "b", v, sizeof(v)), "x");
+			CHECK(q("SELECT failures FROM row_failures WHERE profile = 'p1'") == round);
+		} else {
+			CHECK(res.requeued == 0 && res.dead == 1);
+			CHECK(q("SELECT count(*) FROM dead_letters WHERE profile = 'p1' AND reason LIKE '%failed 3 times%'") >= 1);
+			CHECK(q("SELECT count(*) FROM row_failures") == 0);
+			CHECK(q("SELECT count(*) FROM profiles WHERE id = 'p1' AND pending IS NOT NULL") == 0);
+		}
+	}
+	CHECK_STR(column_value(st, "p2", "accepted", "a", v, sizeof(v)), "2");
+	CHECK(q("SELECT rows_requeued FROM batches WHERE id = 1") == 1 && q("SELECT rows_dead FROM batches WHERE id = 3") == 1);
+	/* A failure, then a row that goes through: the count starts again. */
+	stage("p3", (const char *[]){ "a=3", NULL });
+	int64_t b = queue_build(qu, &cfg, 1000);
+	accept_awaiting_status(b);
+	static const char *const p3[] = { "p3", NULL };
+	CHECK(queue_complete(qu, b, &counts, 3, feed_list, (void *)p3, &res) == 0 && res.requeued == 1);
+	b = queue_build(qu, &cfg, 1000);
+	accept_awaiting_status(b);
+	CHECK(queue_complete(qu, b, &counts, 3, NULL, NULL, &res) == 0);
+	CHECK(q("SELECT count(*) FROM row_failures") == 0);
+	CHECK_STR(column_value(st, "p3", "accepted", "a", v, sizeof(v)), "3");
+	teardown();
+}
+
+/* A batch whose status cannot be had: its profiles' latest values are
+ * queued again, not assumed delivered. */
+static void test_unconfirm(void)
+{
+	setup();
+	stage("p1", (const char *[]){ "a=1", NULL });
+	int64_t b = queue_build(qu, &cfg, 1000);
+	accept_awaiting_status(b);
+	int64_t n = 0;
+	CHECK(queue_unconfirm(qu, b, "status gone", &n) == 0 && n == 1);
+	CHECK(q("SELECT count(*) FROM batches WHERE state = 'unconfirmed' AND last_error = 'status gone'") == 1);
+	CHECK_STR(column_value(st, "p1", "pending", "a", v, sizeof(v)), "1");
+	CHECK(q("SELECT count(*) FROM batch_rows") == 0);
 	teardown();
 }
 
@@ -375,5 +450,7 @@ int main(void)
 	RUN(test_large_body);
 	RUN(test_sender_steps);
 	RUN(test_retry_dead);
+	RUN(test_failed_rows);
+	RUN(test_unconfirm);
 	return check_result("test_queue");
 }

@@ -109,6 +109,9 @@ static void setup(void)
 	cfg.target.timeout_ms = 50;
 	cfg.target.connect_timeout_ms = 50;
 	cfg.target.poll_interval_ms = 1;
+	cfg.target.poll_max_ms = 4;
+	cfg.target.status_ttl_ms = 86400000;
+	cfg.target.min_upload_speed = 100000;
 	cfg.batch.max_rows = 500000;
 	cfg.batch.max_bytes = 49000000;
 	cfg.batch.linger_ms = 0;
@@ -120,6 +123,7 @@ static void setup(void)
 	cfg.retry.max_failures = 3;
 	cfg.limits.rows_per_day = 1000000000;
 	cfg.limits.calls_per_minute = 1000;
+	cfg.limits.poll_calls_per_minute = 200;
 	calls_started = progress_calls = 0;
 	CHECK(st && qu && base);
 }
@@ -183,8 +187,11 @@ static void answer(int i, CURLcode res, long http, const char *body, int64_t ret
 	c->status = http;
 	c->retry_after_ms = retry_after_ms;
 	buf_reset(&c->response);
-	if (body)
+	if (body) {
 		buf_append(&c->response, body, strlen(body));
+		if (c->on_data) /* as http.c streams an answer */
+			CHECK(c->on_data(c->data_arg, body, strlen(body)) == 0);
+	}
 	stub->l->done(stub->arg, c);
 }
 
@@ -215,7 +222,9 @@ static void test_accepted_then_complete(void)
 	CHECK(q("SELECT count(*) FROM profiles WHERE accepted IS NOT NULL AND inflight IS NULL") == 1);
 	CHECK(progress_calls >= 1);
 	CHECK(wait_calls(1) && !is_post(0));
-	CHECK(strstr(stub->calls[0]->url, "batchId=demo-1&m2Node=00&showDetails=true") != NULL);
+	/* Target named an http:// edge host; with an https base it is polled over https. */
+	CHECK_STR(stub->calls[0]->url, "https://mboxedge45.tt.omtrdc.net/m2/demo/v2/profile/batchStatus"
+				       "?batchId=demo-1&m2Node=00&showDetails=true");
 	answer(0, CURLE_OK, 200, COMPLETE, -1);
 	CHECK(q("SELECT count(*) FROM batches WHERE state = 'complete' AND successful = 1") == 1);
 	CHECK(sender_is_drained(snd, true));
@@ -413,6 +422,7 @@ static void test_call_budget(void)
 {
 	setup();
 	cfg.limits.calls_per_minute = 2;
+	cfg.limits.poll_calls_per_minute = 1;
 	cfg.batch.max_in_flight = 4;
 	start();
 	stage("c1", (const char *[]){ "tier=a", NULL });
@@ -433,6 +443,195 @@ static void test_call_budget(void)
 	teardown();
 }
 
+static void write_token(const char *value)
+{
+	char path[256], tmp[300];
+	snprintf(path, sizeof(path), "%s/token", fixture_dir);
+	snprintf(tmp, sizeof(tmp), "%s.new", path);
+	FILE *f = fopen(tmp, "w");
+	fprintf(f, "%s\n", value);
+	fclose(f);
+	CHECK(rename(tmp, path) == 0);
+	static char keep[256];
+	snprintf(keep, sizeof(keep), "%s", path);
+	cfg.target.token_file = keep;
+}
+
+/* Accepts the open POST and answers its polls with answer (with a
+ * <profile> list, a status, ...) until a POST is open again or 2 s pass. */
+static const char FAILED_C1[] = "<response><batchId>demo-1</batchId><status>complete</status><batchSize>2</batchSize>"
+				"<successfulUpdates>1</successfulUpdates><failedUpdates>1</failedUpdates>"
+				"<profile><id>c1</id><status>failed</status></profile></response>";
+
+/* A row Target's status reports failed goes out again (the whole profile);
+ * the mirror does not hold it meanwhile; the batch is complete with its
+ * counts; a later success resets the failure count. */
+static void test_failed_row_sent_again(void)
+{
+	setup();
+	start();
+	stage("c1", (const char *[]){ "tier=gold", "city=Delft", NULL });
+	stage("c2", (const char *[]){ "tier=silver", NULL });
+	CHECK(wait_calls(1) && is_post(0));
+	answer(0, CURLE_OK, 200, ACCEPTED, -1);
+	CHECK(wait_calls(1) && !is_post(0));
+	answer(0, CURLE_OK, 200, FAILED_C1, -1);
+	CHECK(q("SELECT count(*) FROM batches WHERE state = 'complete' AND failed = 1 AND rows_requeued = 1") == 1);
+	char v[64];
+	CHECK_STR(column_value(st, "c1", "accepted", "tier", v, sizeof(v)), "");
+	CHECK_STR(column_value(st, "c2", "accepted", "tier", v, sizeof(v)), "silver");
+	CHECK(wait_calls(1) && is_post(0)); /* c1 again */
+	CHECK(q("SELECT rows FROM batches WHERE state = 'posting'") == 1);
+	answer(0, CURLE_OK, 200, ACCEPTED, -1);
+	CHECK(wait_calls(1));
+	answer(0, CURLE_OK, 200, COMPLETE, -1);
+	CHECK_STR(column_value(st, "c1", "accepted", "tier", v, sizeof(v)), "gold");
+	CHECK(q("SELECT count(*) FROM row_failures") == 0);
+	json_t *s = json_object();
+	sender_status(snd, s);
+	CHECK(json_integer_value(json_object_get(json_object_get(s, "delivery"), "rows_failed_at_target")) == 1);
+	json_decref(s);
+	teardown();
+}
+
+/* A batch that stays incomplete is polled after poll_interval, then twice as
+ * long each time, up to poll_max. */
+static void test_poll_backoff(void)
+{
+	setup();
+	cfg.target.poll_interval_ms = 20;
+	cfg.target.poll_max_ms = 80;
+	start();
+	stage("c1", (const char *[]){ "tier=gold", NULL });
+	CHECK(wait_calls(1));
+	answer(0, CURLE_OK, 200, ACCEPTED, -1);
+	static const char incomplete[] = "<response><batchId>demo-1</batchId><status>incomplete</status></response>";
+	int64_t expect[] = { 40, 80, 80, 80 };
+	for (int i = 0; i < 4; i++) {
+		CHECK(wait_calls(1));
+		int64_t at = clock_wall_ms();
+		answer(0, CURLE_OK, 200, incomplete, -1);
+		int64_t wait = q("SELECT next_poll_at FROM batches") - at;
+		if (wait < expect[i] - 5 || wait > expect[i] + 5)
+			fprintf(stderr, "poll %d: next in %lld ms, want %lld\n", i, (long long)wait, (long long)expect[i]);
+		CHECK(wait >= expect[i] - 5 && wait <= expect[i] + 5);
+	}
+	teardown();
+}
+
+/* Polls use at most limits.poll_calls_per_minute of the budget: with many
+ * batches awaiting status, submissions still go out. */
+static void test_polls_never_starve_submissions(void)
+{
+	setup();
+	cfg.limits.calls_per_minute = 20;
+	cfg.limits.poll_calls_per_minute = 2;
+	cfg.batch.max_rows = 1;
+	cfg.batch.max_in_flight = 1;
+	start();
+	for (int i = 0; i < 8; i++) {
+		char id[8];
+		snprintf(id, sizeof(id), "c%d", i);
+		stage(id, (const char *[]){ "tier=gold", NULL });
+	}
+	int posts = 0, polls = 0;
+	int64_t deadline = clock_mono_ms() + 2000;
+	while (posts < 8 && clock_mono_ms() < deadline) {
+		event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+		while (stub->n > 0) {
+			bool post = is_post(0);
+			posts += post;
+			polls += !post;
+			static const char incomplete[] = "<response><status>incomplete</status></response>";
+			answer(0, CURLE_OK, 200, post ? ACCEPTED : incomplete, -1);
+		}
+	}
+	CHECK(posts == 8 && polls <= 2);
+	teardown();
+}
+
+/* 503 on a poll (another tool of the account used the budget): every call
+ * waits, submissions too, then goes on. */
+static void test_throttled_account(void)
+{
+	setup();
+	cfg.retry.max_ms = 1000;
+	start();
+	stage("c1", (const char *[]){ "tier=gold", NULL });
+	CHECK(wait_calls(1));
+	answer(0, CURLE_OK, 200, ACCEPTED, -1);
+	CHECK(wait_calls(1) && !is_post(0));
+	int64_t at = clock_wall_ms();
+	answer(0, CURLE_OK, 503, "Too many requests", 150);
+	stage("c2", (const char *[]){ "tier=new", NULL });
+	run_for(100);
+	CHECK(stub->n == 0); /* nothing, not even the submission */
+	json_t *s = json_object();
+	sender_status(snd, s);
+	CHECK(strstr(json_string_value(json_object_get(json_object_get(s, "delivery"), "held_back_by")), "throttling") != NULL);
+	json_decref(s);
+	CHECK(wait_calls(1));
+	CHECK(clock_wall_ms() >= at + 150);
+	teardown();
+}
+
+/* A status that can no longer be had (404), or a batch older than
+ * target.status_ttl: unconfirmed, and its profiles are sent again. */
+static void test_status_gone_and_ttl(void)
+{
+	setup();
+	start();
+	stage("c1", (const char *[]){ "tier=gold", NULL });
+	CHECK(wait_calls(1));
+	answer(0, CURLE_OK, 200, ACCEPTED, -1);
+	CHECK(wait_calls(1) && !is_post(0));
+	answer(0, CURLE_OK, 404, "unknown batch", -1);
+	CHECK(q("SELECT count(*) FROM batches WHERE state = 'unconfirmed'") == 1);
+	CHECK(wait_calls(1) && is_post(0)); /* c1 again */
+	answer(0, CURLE_OK, 200, ACCEPTED, -1);
+	/* Now the batch's status outlives target.status_ttl before it is polled. */
+	CHECK(store_exec(st, "UPDATE batches SET answered_at = answered_at - 100000000 WHERE state = 'submitted'") == 0);
+	cfg.target.status_ttl_ms = 1000;
+	CHECK(wait_calls(1) && is_post(0)); /* re-sent without a poll */
+	CHECK(q("SELECT count(*) FROM batches WHERE state = 'unconfirmed'") == 2);
+	teardown();
+}
+
+/* A 401 on a poll: with a new token in the file the poll is made again at
+ * once, and delivery never pauses; with none, delivery pauses, and the next
+ * answer that takes the token ends the pause. */
+static void test_poll_401(void)
+{
+	setup();
+	write_token("tok-1");
+	start();
+	stage("c1", (const char *[]){ "tier=gold", NULL });
+	CHECK(wait_calls(1));
+	answer(0, CURLE_OK, 200, ACCEPTED, -1);
+	CHECK(wait_calls(1) && !is_post(0));
+	CHECK_STR(stub->calls[0]->bearer, "tok-1");
+	write_token("tok-2");
+	answer(0, CURLE_OK, 401, "no", -1);
+	CHECK(wait_calls(1) && !is_post(0));
+	CHECK_STR(stub->calls[0]->bearer, "tok-2");
+	json_t *s = json_object();
+	sender_status(snd, s);
+	CHECK_STR(json_string_value(json_object_get(json_object_get(s, "delivery"), "state")), "running");
+	json_decref(s);
+	answer(0, CURLE_OK, 401, "no", -1); /* the same token refused: a pause */
+	s = json_object();
+	sender_status(snd, s);
+	CHECK_STR(json_string_value(json_object_get(json_object_get(s, "delivery"), "state")), "authentication failed");
+	json_decref(s);
+	CHECK(wait_calls(1) && !is_post(0)); /* the polls go on, as probes */
+	answer(0, CURLE_OK, 200, COMPLETE, -1);
+	s = json_object();
+	sender_status(snd, s);
+	CHECK_STR(json_string_value(json_object_get(json_object_get(s, "delivery"), "state")), "running");
+	json_decref(s);
+	teardown();
+}
+
 int main(void)
 {
 	RUN(test_accepted_then_complete);
@@ -444,5 +643,11 @@ int main(void)
 	RUN(test_ordering);
 	RUN(test_lost_answer_echo);
 	RUN(test_call_budget);
+	RUN(test_failed_row_sent_again);
+	RUN(test_poll_backoff);
+	RUN(test_polls_never_starve_submissions);
+	RUN(test_throttled_account);
+	RUN(test_status_gone_and_ttl);
+	RUN(test_poll_401);
 	return check_result("test_sender");
 }

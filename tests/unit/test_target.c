@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <stdbool.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include "check.h"
 #include "config.h"
@@ -45,6 +46,7 @@ static void test_judge_submit(void)
 		{ "413", CURLE_OK, 413, NULL, TARGET_SPLIT, TARGET_CAUSE_NONE, false, false, "413" },
 		{ "400", CURLE_OK, 400, NULL, TARGET_DEAD, TARGET_CAUSE_NONE, false, false, "HTTP 400" },
 		{ "404", CURLE_OK, 404, NULL, TARGET_DEAD, TARGET_CAUSE_NONE, false, false, "HTTP 404" },
+		{ "302 (a proxy)", CURLE_OK, 302, NULL, TARGET_REJECTED, TARGET_CAUSE_HTTP, false, false, "not followed" },
 		{ "refused", CURLE_COULDNT_CONNECT, 0, NULL, TARGET_RETRY, TARGET_CAUSE_NETWORK, false, false, "network" },
 		{ "no such host", CURLE_COULDNT_RESOLVE_HOST, 0, NULL, TARGET_RETRY, TARGET_CAUSE_NETWORK, false, false,
 		  "network" },
@@ -93,6 +95,9 @@ static void test_judge_poll(void)
 		{ "401", CURLE_OK, 401, NULL, TARGET_POLL_AUTH },
 		{ "403", CURLE_OK, 403, NULL, TARGET_POLL_AUTH },
 		{ "timeout", CURLE_OPERATION_TIMEDOUT, 0, NULL, TARGET_POLL_RETRY },
+		{ "404", CURLE_OK, 404, NULL, TARGET_POLL_GONE },
+		{ "410", CURLE_OK, 410, NULL, TARGET_POLL_GONE },
+		{ "503", CURLE_OK, 503, NULL, TARGET_POLL_RETRY },
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		struct target_answer a;
@@ -103,10 +108,83 @@ static void test_judge_poll(void)
 		if (v != cases[i].verdict)
 			fprintf(stderr, "judge_poll: %s: got %d\n", cases[i].what, v);
 		CHECK(v == cases[i].verdict);
-		CHECK((v == TARGET_POLL_RETRY || v == TARGET_POLL_AUTH) == (why[0] != '\0'));
+		CHECK((v == TARGET_POLL_RETRY || v == TARGET_POLL_AUTH || v == TARGET_POLL_GONE) == (why[0] != '\0'));
 		if (parsed)
 			target_answer_finish(&a);
 	}
+}
+
+/* 429 and 503 slow the whole account down; nothing else does. */
+static void test_throttling(void)
+{
+	struct target_judgement j;
+	target_judge_submit(CURLE_OK, "", 503, NULL, "", &j);
+	CHECK(j.is_throttled);
+	target_judge_submit(CURLE_OK, "", 429, NULL, "", &j);
+	CHECK(j.is_throttled);
+	target_judge_submit(CURLE_OK, "", 500, NULL, "", &j);
+	CHECK(!j.is_throttled);
+}
+
+static int count_failed(void *arg, const char *id, size_t len)
+{
+	int64_t *n = arg;
+	char want[32];
+	snprintf(want, sizeof(want), "p%07lld", (long long)*n);
+	if (len != strlen(want) || memcmp(id, want, len) != 0)
+		return -EINVAL;
+	(*n)++;
+	return 0;
+}
+
+static long rss_kb(void)
+{
+	FILE *f = fopen("/proc/self/status", "r");
+	char line[256];
+	long kb = -1;
+	while (f && fgets(line, sizeof(line), f))
+		if (strncmp(line, "VmRSS:", 6) == 0)
+			kb = atol(line + 6);
+	if (f)
+		fclose(f);
+	return kb;
+}
+
+/* A v2 status answer listing 500,000 failed rows (about 30 MB), parsed as a
+ * stream from a file: every id reaches the callback in order, the counts and
+ * the status come through, and memory does not grow with the list. Rows
+ * whose status is not "failed" are not reported. */
+static void test_status_stream(void)
+{
+	FILE *f = tmpfile();
+	CHECK(f != NULL);
+	fputs("<response><batchId>demo-1</batchId><status>complete</status><batchSize>500001</batchSize>"
+	      "<consumedCount>500001</consumedCount><successfulUpdates>1</successfulUpdates>"
+	      "<profilesNotFound>0</profilesNotFound><failedUpdates>500000</failedUpdates>\n", f);
+	enum { N = 500000 };
+	for (int i = 0; i < N; i++)
+		fprintf(f, "<profile><id>p%07d</id><status>failed</status></profile>\n", i);
+	fputs("<profile><id>ok-1</id><status>success</status></profile></response>\n", f);
+	fflush(f);
+	long before = rss_kb();
+	struct target_answer a;
+	int64_t n = 0;
+	CHECK(target_parse_status_fd(fileno(f), &a, count_failed, &n) == 0);
+	long after = rss_kb();
+	CHECK(n == N && a.failed_listed == N);
+	CHECK_STR(a.status, "complete");
+	CHECK(a.failed == N && a.successful == 1 && a.batch_size == N + 1);
+	CHECK(after - before < 2048); /* kB: bounded, whatever the list's length */
+	target_answer_finish(&a);
+	/* Without a callback the rows are only counted; a callback's error stops the parse. */
+	CHECK(target_parse_status_fd(fileno(f), &a, NULL, NULL) == 0 && a.failed_listed == N);
+	target_answer_finish(&a);
+	n = 7;
+	CHECK(target_parse_status_fd(fileno(f), &a, count_failed, &n) == -EINVAL);
+	/* A cut answer is not a status. */
+	CHECK(ftruncate(fileno(f), 5000) == 0);
+	CHECK(target_parse_status_fd(fileno(f), &a, NULL, NULL) == -EBADMSG);
+	fclose(f);
 }
 
 /* Target's rules for ids and names, and the batch id of a status URL. */
@@ -143,8 +221,19 @@ static void test_urls_and_answers(void)
 	u = target_submit_url(&cfg);
 	CHECK_STR(u, "https://demo.tt.omtrdc.net/m2/demo/profile/batchUpdate");
 	free(u);
-	u = target_status_url("http://mboxedge45.tt.omtrdc.net/m2/demo/profile/batchStatus?batchId=demo-1");
+	struct config plain = cfg;
+	plain.target.base_url = "http://127.0.0.1:9";
+	u = target_status_url(&plain, "http://mboxedge45.tt.omtrdc.net/m2/demo/profile/batchStatus?batchId=demo-1");
 	CHECK_STR(u, "http://mboxedge45.tt.omtrdc.net/m2/demo/profile/batchStatus?batchId=demo-1&showDetails=true");
+	free(u);
+	/* Adobe gives status URLs as http://; with an https base they are polled over https. */
+	u = target_status_url(&cfg, "http://mboxedge19.tt.omtrdc.net/m2/demo/v2/profile/batchStatus?batchId=d-1&m2Node=00");
+	CHECK_STR(u, "https://mboxedge19.tt.omtrdc.net/m2/demo/v2/profile/batchStatus?batchId=d-1&m2Node=00&showDetails=true");
+	/* The token goes to the upgraded URL (the host Target named), never to its http form. */
+	CHECK(target_may_send_token(&cfg, u, "http://mboxedge19.tt.omtrdc.net/m2/demo/v2/profile/batchStatus?batchId=d-1"));
+	CHECK(!target_may_send_token(&cfg, "http://mboxedge19.tt.omtrdc.net/m2/demo/v2/profile/batchStatus?batchId=d-1",
+				     "http://mboxedge19.tt.omtrdc.net/m2/demo/v2/profile/batchStatus?batchId=d-1"));
+	CHECK(!target_may_send_token(&cfg, "https://mboxedge20.tt.omtrdc.net/x", "http://mboxedge19.tt.omtrdc.net/x"));
 	free(u);
 
 	const char *status = "https://mboxedge45.tt.omtrdc.net/m2/demo/profile/batchStatus?batchId=x";
@@ -191,5 +280,7 @@ int main(void)
 	RUN(test_judge_submit);
 	RUN(test_judge_poll);
 	RUN(test_rules);
+	RUN(test_throttling);
+	RUN(test_status_stream);
 	return check_result("test_target");
 }
