@@ -31,6 +31,10 @@
 #define MAX_EXCERPT 4096
 #define LATENCY_BUCKETS 12
 #define DAY_MS (86400LL * 1000)
+/* Target counts calls in a minute by their arrival; a call is recorded here
+ * when it starts, and connecting or a TLS handshake can delay its arrival, so
+ * the window kept is a second longer than Target's. */
+#define CALL_WINDOW_MS 61000
 
 enum transfer_kind { XFER_SUBMIT, XFER_POLL };
 
@@ -824,8 +828,8 @@ struct sender *sender_create(struct event_base *base, struct store *st, struct q
 	s->arg = arg;
 	s->wake = evtimer_new(base, on_wake, s);
 	s->submit_url = target_submit_url(cfg);
-	if (callrate_init(&s->calls, (size_t)cfg->limits.calls_per_minute, 60000) < 0 ||
-	    callrate_init(&s->poll_calls, (size_t)cfg->limits.poll_calls_per_minute, 60000) < 0 || !s->wake ||
+	if (callrate_init(&s->calls, (size_t)cfg->limits.calls_per_minute, CALL_WINDOW_MS) < 0 ||
+	    callrate_init(&s->poll_calls, (size_t)cfg->limits.poll_calls_per_minute, CALL_WINDOW_MS) < 0 || !s->wake ||
 	    !s->submit_url) {
 		log_err("msg=\"cannot set up the sender\" error=\"out of memory\"");
 		goto fail;

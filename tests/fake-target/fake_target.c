@@ -27,11 +27,13 @@
  * broken, a token or body on plain http), and serves them as JSON to tests:
  *   GET  /__state     profiles (as fetch would show them), counters, violations
  *   GET  /__requests  one entry per submission (ids, status, timing, fault)
+ *   GET  /__polls     when each status poll arrived
  *   POST /__fault     {"mode": M, "count": N, ...}: queue faults for submissions
  *                     or polls (see fault_names below)
  *   POST /__config    {"token", "status_polls", "calls_per_minute", "fault_rate",
  *                      "seed", "process_delay_ms", "row_failure_rate", "loss_rate",
- *                      "other_calls_per_minute", "decode", "fetch_calls_per_minute"}
+ *                      "other_calls_per_minute", "decode", "fetch_calls_per_minute",
+ *                      "window_ms" (the budgets' window; tests shorten the minute)}
  *   POST /__visit     {"id": I, "attrs": {...}}: a page visit sets attributes
  *   POST /__reset     forget everything */
 #include <errno.h>
@@ -119,6 +121,7 @@ static struct {
 	int calls_per_minute;        /* the account's budget (submissions and polls) */
 	int other_calls_per_minute;  /* what other tools of the account use of it */
 	int fetch_calls_per_minute;  /* the fetch API's own budget (0: none) */
+	long long window_ms;         /* the budgets' window: a minute (tests may shorten it) */
 	int process_delay_ms;
 	double row_failure_rate, loss_rate;
 	bool is_decode_first;        /* decode the whole body before splitting rows and cells */
@@ -130,6 +133,7 @@ static struct {
 	json_t *inflight;   /* id -> number of unanswered requests carrying it */
 	json_t *seen;       /* id -> rows received for it (for deterministic failures) */
 	json_t *lost;       /* [id, ...] rows reported fine but never applied */
+	json_t *poll_log;   /* [ms, ...] when each status poll arrived */
 	struct batch *batches;
 	size_t n_batches, cap_batches;
 	size_t next_to_process;     /* batches are processed in the order accepted */
@@ -219,7 +223,7 @@ static size_t in_window(long long *calls, size_t *n, long long now)
 {
 	size_t keep = 0;
 	for (size_t i = 0; i < *n; i++)
-		if (now - calls[i] < 60000)
+		if (now - calls[i] < g.window_ms)
 			calls[keep++] = calls[i];
 	*n = keep;
 	return keep;
@@ -831,6 +835,8 @@ static void handle_status(struct evhttp_request *req)
 	}
 	const char *id = evhttp_find_header(&q, "batchId");
 	const char *details = evhttp_find_header(&q, "showDetails");
+	if (!g.is_quiet)
+		json_array_append_new(g.poll_log, json_integer(now_ms()));
 	struct batch *b = NULL;
 	for (size_t i = 0; id && i < g.n_batches; i++)
 		if (strcmp(g.batches[i].id, id) == 0)
@@ -960,6 +966,8 @@ static void handle_config(struct evhttp_request *req)
 		g.calls_per_minute = (int)json_integer_value(v);
 	if ((v = json_object_get(j, "other_calls_per_minute")))
 		g.other_calls_per_minute = (int)json_integer_value(v);
+	if ((v = json_object_get(j, "window_ms")))
+		g.window_ms = json_integer_value(v) > 0 ? json_integer_value(v) : 60000;
 	if ((v = json_object_get(j, "fetch_calls_per_minute")))
 		g.fetch_calls_per_minute = (int)json_integer_value(v);
 	if ((v = json_object_get(j, "fault_rate")))
@@ -1042,6 +1050,8 @@ static void reset_state(void)
 	json_decref(g.inflight);
 	json_decref(g.seen);
 	json_decref(g.lost);
+	json_decref(g.poll_log);
+	g.poll_log = json_array();
 	g.profiles = json_object();
 	g.requests = json_array();
 	g.violations = json_array();
@@ -1066,6 +1076,8 @@ static bool handle_control(struct evhttp_request *req, const char *path, enum ev
 					       "busy_seconds", g.busy_seconds));
 	} else if (strcmp(path, "/__requests") == 0) {
 		reply_json(req, 200, json_incref(g.requests));
+	} else if (strcmp(path, "/__polls") == 0) {
+		reply_json(req, 200, json_incref(g.poll_log));
 	} else if (strcmp(path, "/__fault") == 0 && cmd == EVHTTP_REQ_POST) {
 		handle_fault(req);
 	} else if (strcmp(path, "/__config") == 0 && cmd == EVHTTP_REQ_POST) {
@@ -1212,6 +1224,7 @@ int main(int argc, char **argv)
 	g.client = "demo";
 	g.status_polls = 1;
 	g.calls_per_minute = 50;
+	g.window_ms = 60000;
 	g.seed = 1;
 	while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
 		switch (opt) {
@@ -1335,6 +1348,7 @@ int main(int argc, char **argv)
 	json_decref(g.inflight);
 	json_decref(g.seen);
 	json_decref(g.lost);
+	json_decref(g.poll_log);
 	free(g.batches);
 	free(g.order);
 	free(g.token);

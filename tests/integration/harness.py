@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
 TPSYNCD = os.environ.get("TPSYNCD", "build/daemon/tpsyncd")
@@ -47,25 +48,68 @@ def peak_rss_mb(pid):
     return 0
 
 
+def make_certs(workdir):
+    """A test CA and a server certificate for 127.0.0.1 and 127.0.0.2 (the fake
+    Target's base and edge hosts), made with openssl. Returns (ca, cert, key)."""
+    ca, ca_key = os.path.join(workdir, "ca.pem"), os.path.join(workdir, "ca.key")
+    cert, key = os.path.join(workdir, "server.pem"), os.path.join(workdir, "server.key")
+    ext = os.path.join(workdir, "server.ext")
+    with open(ext, "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1,IP:127.0.0.2\nbasicConstraints=CA:FALSE\n"
+                "keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    for cmd in (["openssl", "req", "-x509", *ec, "-keyout", ca_key, "-out", ca, "-days", "2", "-subj", "/CN=tpsync test CA"],
+                ["openssl", "req", *ec, "-keyout", key, "-out", cert + ".csr", "-subj", "/CN=127.0.0.1"],
+                ["openssl", "x509", "-req", "-in", cert + ".csr", "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+                 "-out", cert, "-days", "2", "-extfile", ext]):
+        subprocess.run(cmd, check=True, capture_output=True)
+    return ca, cert, key
+
+
 class FakeTarget:
-    def __init__(self, workdir, *args):
+    def __init__(self, workdir, *args, tls=False):
         self.port_file = os.path.join(workdir, "fake-target.port")
         self.log = open(os.path.join(workdir, "fake-target.log"), "w")
         # Tests run fast, so the fake's call limit is high unless a test sets it.
         if "--calls-per-minute" not in args:
             args = ("--calls-per-minute", "100000", *args)
+        self.ca = None
+        if tls:
+            self.ca, cert, key = make_certs(workdir)
+            args = ("--tls-cert", cert, "--tls-key", key, *args)
         self.proc = subprocess.Popen([os.path.abspath(FAKE_TARGET), "--port-file", self.port_file, *args],
                                      stdout=self.log, stderr=subprocess.STDOUT, cwd=workdir)
         wait_for(lambda: os.path.exists(self.port_file), 10, "fake Target to listen")
         with open(self.port_file) as f:
             self.port = int(f.read())
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        self.context = None
+        if tls:
+            import ssl
+            self.context = ssl.create_default_context(cafile=self.ca)
 
     def _call(self, path, body=None):
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.url + path, data=data, method="POST" if data else "GET")
-        with urllib.request.urlopen(req, timeout=10) as r:
+        with urllib.request.urlopen(req, timeout=10, context=self.context) as r:
             return json.loads(r.read())
+
+    def polls(self):
+        return self._call("/__polls")
+
+    def visit(self, profile, attrs):
+        """A page visit (an mbox call) that sets attrs on profile."""
+        return self._call("/__visit", {"id": profile, "attrs": attrs})
+
+    def fetch(self, profile, token=None):
+        """The profile fetch API, as a client would call it: (status, JSON)."""
+        req = urllib.request.Request(f"{self.url}/rest/v1/profiles/thirdPartyId/{profile}?client=demo",
+                                     headers={"Authorization": f"Bearer {token}"} if token else {})
+        try:
+            with urllib.request.urlopen(req, timeout=10, context=self.context) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
 
     def state(self):
         return self._call("/__state")
@@ -97,8 +141,8 @@ DEFAULT_CONFIG = """\
 target:
   client_code: demo
   base_url: {base_url}
-  poll_interval: 100ms
-  poll_max: 400ms
+  poll_interval: {poll_interval}
+  poll_max: {poll_max}
   timeout: {timeout}
 {target_extra}state:
   database: {dir}/state.db
@@ -134,7 +178,8 @@ class Daemon:
         self.dir = workdir
         values = dict(base_url=target.url if target else "http://127.0.0.1:9", timeout="5s",
                       linger="50ms", max_in_flight=2, rows="full_profile", retry_max="1s",
-                      calls_per_minute=1000, target_extra="", batch_extra="", retry_extra="",
+                      calls_per_minute=1000, target_extra="", batch_extra="", retry_extra="", poll_interval="100ms",
+                      poll_max="400ms",
                       limits_extra="", dir=workdir, sources=sources)
         values.update(opts)
         self.config = os.path.join(workdir, "tpsyncd.yaml")
@@ -243,16 +288,18 @@ class Case:
     """A test case: a temporary directory, a fake Target and daemons cleaned up
     afterwards (kept on failure, with logs printed)."""
 
-    def __init__(self, name, *target_args, with_target=True):
+    def __init__(self, name, *target_args, with_target=True, tls=False):
         self.name = name
         self.dir = tempfile.mkdtemp(prefix=f"tpsync-{name}-")
-        self.target = FakeTarget(self.dir, *target_args) if with_target else None
+        self.target = FakeTarget(self.dir, *target_args, tls=tls) if with_target else None
         self.daemons = []
         self.cleanups = []  # called at close, last first (servers a test started)
         self.spool = os.path.join(self.dir, "spool")
         os.makedirs(self.spool)
 
     def daemon(self, sources=None, **opts):
+        if self.target and self.target.ca:
+            opts["target_extra"] = f"  ca_file: {self.target.ca}\n" + opts.get("target_extra", "")
         d = Daemon(self.dir, self.target, sources or spool_source("crm", self.spool), **opts)
         self.daemons.append(d)
         return d
@@ -301,7 +348,7 @@ def run(tests):
         if only and fn.__name__ not in only:
             continue
         case = Case(fn.__name__.replace("test_", ""), *getattr(fn, "target_args", ()),
-                    with_target=getattr(fn, "with_target", True))
+                    with_target=getattr(fn, "with_target", True), tls=getattr(fn, "tls", False))
         start = time.monotonic()
         ok = False
         try:
@@ -326,3 +373,9 @@ def target_args(*args):
         fn.target_args = args
         return fn
     return deco
+
+
+def over_tls(fn):
+    """Runs the test against the fake Target over TLS (the daemon gets its CA)."""
+    fn.tls = True
+    return fn
