@@ -19,15 +19,24 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "== fake Adobe Target on loopback"
-build/tests/fake-target/fake-target --port-file "$WORK/port" --status-polls 2 >"$WORK/fake-target.log" 2>&1 &
+echo "== a test CA and a certificate for the fake Target (127.0.0.1, its status host 127.0.0.2)"
+EC=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+printf 'subjectAltName=IP:127.0.0.1,IP:127.0.0.2\nextendedKeyUsage=serverAuth\n' >"$WORK/server.ext"
+openssl req -x509 "${EC[@]}" -keyout "$WORK/ca.key" -out "$WORK/ca.pem" -days 2 -subj "/CN=tpsync demo CA" 2>/dev/null
+openssl req "${EC[@]}" -keyout "$WORK/server.key" -out "$WORK/server.csr" -subj "/CN=127.0.0.1" 2>/dev/null
+openssl x509 -req -in "$WORK/server.csr" -CA "$WORK/ca.pem" -CAkey "$WORK/ca.key" -CAcreateserial \
+  -out "$WORK/server.pem" -days 2 -extfile "$WORK/server.ext" 2>/dev/null
+
+echo "== fake Adobe Target on loopback (TLS; processes each batch a second after accepting it)"
+build/tests/fake-target/fake-target --port-file "$WORK/port" --tls-cert "$WORK/server.pem" --tls-key "$WORK/server.key" \
+  --process-delay-ms 1000 >"$WORK/fake-target.log" 2>&1 &
 TARGET=$!
 for _ in $(seq 100); do [ -s "$WORK/port" ] && break; sleep 0.05; done
 PORT=$(cat "$WORK/port")
-echo "   listening on http://127.0.0.1:$PORT"
+echo "   listening on https://127.0.0.1:$PORT"
 
 mkdir -p "$WORK/spool"
-sed -e "s|@BASE_URL@|http://127.0.0.1:$PORT|" -e "s|@WORK@|$WORK|g" config/demo/tpsyncd.yaml >"$WORK/tpsyncd.yaml"
+sed -e "s|@BASE_URL@|https://127.0.0.1:$PORT|" -e "s|@WORK@|$WORK|g" config/demo/tpsyncd.yaml >"$WORK/tpsyncd.yaml"
 build/daemon/tpsyncd -c "$WORK/tpsyncd.yaml" --check-config
 
 echo "== tpsyncd (log: $WORK/tpsyncd.log)"
@@ -61,7 +70,7 @@ echo "== tpsyncctl batches"
 "${CTL[@]}" batches
 echo
 echo "== what the fake Target holds now"
-curl -s "http://127.0.0.1:$PORT/__state" | python3 -c '
+curl -s --cacert "$WORK/ca.pem" "https://127.0.0.1:$PORT/__state" | python3 -c '
 import json, sys
 s = json.load(sys.stdin)
 for pid, attrs in sorted(s["profiles"].items()):
