@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "buf.h"
+#include "hash.h"
 #include "utf8.h"
 
 #define CSV_BLOCK 65536
@@ -25,6 +26,8 @@ struct csv_reader {
 	size_t block_pos;
 	off_t block_offset; /* file offset of block[0] */
 	bool eof;
+	bool is_hashed;     /* read from offset 0 on: hash covers every byte read */
+	struct hasher hash;
 	uint64_t line;
 	struct buf data;    /* field bytes, each field NUL-terminated */
 	struct buf raw;
@@ -43,6 +46,8 @@ struct csv_reader *csv_create(int fd, char delim, size_t max_field)
 	r->delim = delim;
 	r->max_field = max_field;
 	r->line = 1;
+	r->is_hashed = true;
+	hasher_init(&r->hash);
 	buf_init(&r->data);
 	buf_init(&r->raw);
 	return r;
@@ -68,7 +73,18 @@ int csv_seek(struct csv_reader *r, off_t offset, uint64_t line)
 	r->block_offset = offset;
 	r->eof = false;
 	r->line = line;
+	r->is_hashed = offset == 0;
+	hasher_init(&r->hash);
 	return 0;
+}
+
+bool csv_content_hash(const struct csv_reader *r, uint64_t *hash, uint64_t *bytes)
+{
+	if (!r->is_hashed)
+		return false;
+	*hash = hasher_value(&r->hash);
+	*bytes = r->hash.bytes;
+	return true;
 }
 
 /* Returns the next byte, -1 at EOF, or < -1 (a negative errno - 1) on error. */
@@ -87,6 +103,7 @@ static int next_byte(struct csv_reader *r)
 			return -errno - 1;
 		r->block_len = (size_t)n;
 		r->block_pos = 0;
+		hasher_update(&r->hash, r->block, (size_t)n);
 		if (n == 0) {
 			r->eof = true;
 			return -1;

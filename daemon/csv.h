@@ -35,6 +35,12 @@ void csv_destroy(struct csv_reader *r);
  * end_offset, counting lines from line. Returns 0 or a negative errno from lseek. */
 int csv_seek(struct csv_reader *r, off_t offset, uint64_t line);
 
+/* The content hash (hash.h) of every byte read since the reader was created
+ * or sought to offset 0, and how many; false when it was sought elsewhere.
+ * Compared with a hash taken before reading, it tells a file that changed
+ * while it was read. */
+bool csv_content_hash(const struct csv_reader *r, uint64_t *hash, uint64_t *bytes);
+
 /* Reads the next record into *rec. Returns 1 for a record (check rec->error), 0 at
  * the end of the input, or a negative errno on a read error. Blank lines are
  * skipped. */

@@ -18,6 +18,7 @@
 
 #include "attrset.h"
 #include "clock.h"
+#include "hash.h"
 #include "crash.h"
 #include "csv.h"
 #include "log.h"
@@ -47,8 +48,10 @@ struct job {
 	struct stat sb;
 	struct csv_reader *csv;
 	int64_t file_id;
-	uint64_t hash;
+	uint64_t hash;        /* of the whole file, before it is staged */
+	struct hasher hasher;
 	off_t hashed;
+	int64_t hold_base;    /* a held read (snapshot): its rows' pending_seq from here; 0: none */
 	size_t n_cols;
 	uint32_t *col_attr; /* attribute id per column; 0: not sent */
 	size_t id_col;
@@ -56,6 +59,8 @@ struct job {
 	int64_t known;      /* rows whose profile this source staged before */
 	int64_t invalid;    /* strict validation: rows found bad */
 	bool is_queued_again; /* the file changed while it was being read */
+	bool is_torn;         /* it changed under the reader: this read does not count */
+	bool is_restart;      /* a held read lost a slice to a database error: read it again whole */
 	off_t committed_offset;  /* where the last committed slice ended */
 	uint64_t committed_line;
 	struct buf strict_report;
@@ -400,26 +405,18 @@ static int start_rows(struct ingest *ig, struct job *j, off_t offset, uint64_t l
 	return r;
 }
 
-/* Folds len bytes into a 64-bit content hash, eight bytes at a time. Only used to
- * recognise a file identical to the previous one (together with its size). */
-static uint64_t content_hash(uint64_t h, const char *p, size_t len)
+static int64_t mtime_ms(const struct stat *sb)
 {
-	size_t i = 0;
-	for (; i + 8 <= len; i += 8) {
-		uint64_t w;
-		memcpy(&w, p + i, 8);
-		h = (h ^ w) * 0x9E3779B97F4A7C15ULL;
-		h ^= h >> 31;
-	}
-	for (; i < len; i++)
-		h = (h ^ (unsigned char)p[i]) * 1099511628211ULL;
-	return h;
+	return (int64_t)sb->st_mtim.tv_sec * 1000 + sb->st_mtim.tv_nsec / 1000000;
 }
 
-/* Identifies a file. Returns 1 to go on, 0 if the job is finished, or < 0. */
+/* Opens the file without ever blocking the loop: O_NONBLOCK, so a FIFO renamed
+ * over it (or any other special file) does not wait for a writer, then fstat
+ * refuses what is not a regular file. Returns 1 to go on, 0 if the file is gone,
+ * -EMFILE / -ENFILE (out of descriptors: retry later), or another negative errno. */
 static int phase_open(struct ingest *ig, struct job *j, char *reason, size_t size)
 {
-	j->fd = open(j->req.path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	j->fd = open(j->req.path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
 	if (j->fd < 0) {
 		int e = errno;
 		if (e == ENOENT)
@@ -427,52 +424,62 @@ static int phase_open(struct ingest *ig, struct job *j, char *reason, size_t siz
 		snprintf(reason, size, "cannot open: %s", strerror(e));
 		return -e;
 	}
-	if (fstat(j->fd, &j->sb) < 0 || !S_ISREG(j->sb.st_mode)) {
-		snprintf(reason, size, "not a regular file");
+	if (fstat(j->fd, &j->sb) < 0) {
+		int e = errno;
+		snprintf(reason, size, "cannot stat: %s", strerror(e));
+		return -e;
+	}
+	if (!S_ISREG(j->sb.st_mode)) {
+		snprintf(reason, size, "not a regular file (%s)", S_ISFIFO(j->sb.st_mode) ? "a FIFO" : "a special file");
 		return -EINVAL;
 	}
-	/* A file seen before with the same identity: resume it, or just dispose of it. */
-	sqlite3_stmt *s = store_stmt(ig->st,
-				     "SELECT id, state, offset, line, rows, staged, rejected, known FROM ingested_files"
-				     " WHERE source = ? AND name = ? AND size = ? AND mtime = ? ORDER BY id DESC LIMIT 1");
+	/* Regular files ignore O_NONBLOCK; clear it anyway, for clarity. */
+	int fl = fcntl(j->fd, F_GETFL);
+	if (fl >= 0)
+		fcntl(j->fd, F_SETFL, fl & ~O_NONBLOCK);
+	hasher_init(&j->hasher);
+	j->hashed = 0;
+	j->phase = PH_HASH;
+	return 1;
+}
+
+/* Resumes or disposes of a file seen before: the same name, size, mtime and
+ * content. Returns 1 when it was one, 0 when the file is new, or -EIO. */
+static int seen_before(struct ingest *ig, struct job *j, const char *hex)
+{
+	sqlite3_stmt *s = store_prepare(ig->st, "SELECT id, state, offset, line, rows, staged, rejected, known, hold_seq"
+						" FROM ingested_files WHERE source = ? AND name = ? AND size = ? AND mtime = ?"
+						" AND hash = ? AND state IN ('done', 'staging') ORDER BY id DESC LIMIT 1",
+					"ttiit", j->req.src->name, base_name(j->req.path), (int64_t)j->sb.st_size,
+					mtime_ms(&j->sb), hex);
 	if (!s)
 		return -EIO;
-	sqlite3_bind_text(s, 1, j->req.src->name, -1, SQLITE_STATIC);
-	sqlite3_bind_text(s, 2, base_name(j->req.path), -1, SQLITE_STATIC);
-	sqlite3_bind_int64(s, 3, (int64_t)j->sb.st_size);
-	sqlite3_bind_int64(s, 4, (int64_t)j->sb.st_mtim.tv_sec * 1000 + j->sb.st_mtim.tv_nsec / 1000000);
-	if (sqlite3_step(s) == SQLITE_ROW) {
-		const char *state = (const char *)sqlite3_column_text(s, 1);
-		j->file_id = sqlite3_column_int64(s, 0);
-		j->rows = sqlite3_column_int64(s, 4);
-		j->staged = sqlite3_column_int64(s, 5);
-		j->rejected = sqlite3_column_int64(s, 6);
-		j->known = sqlite3_column_int64(s, 7);
-		if (strcmp(state, "done") == 0) {
-			sqlite3_reset(s);
-			log_info("msg=\"file already ingested; disposing of it\" source=%s file=\"%s\"",
-				 j->req.src->name, j->req.path);
-			j->phase = PH_FINISH;
-			return 1;
-		}
-		if (strcmp(state, "staging") == 0) {
-			off_t offset = sqlite3_column_int64(s, 2);
-			uint64_t line = (uint64_t)sqlite3_column_int64(s, 3);
-			sqlite3_reset(s);
-			log_info("msg=\"resuming file\" source=%s file=\"%s\" offset=%lld line=%llu",
-				 j->req.src->name, j->req.path, (long long)offset, (unsigned long long)line);
-			j->phase = PH_HEADER;
-			j->after_header = PH_STAGE;
-			j->start_offset = offset;
-			j->start_line = line;
-			return 1;
-		}
-		j->file_id = 0; /* failed before: try again as a new file */
-		j->rows = j->staged = j->rejected = j->known = 0;
+	int rc = sqlite3_step(s);
+	if (rc != SQLITE_ROW) {
+		sqlite3_reset(s);
+		return rc == SQLITE_DONE ? 0 : -EIO;
 	}
+	bool is_done = strcmp((const char *)sqlite3_column_text(s, 1), "done") == 0;
+	j->file_id = sqlite3_column_int64(s, 0);
+	j->rows = sqlite3_column_int64(s, 4);
+	j->staged = sqlite3_column_int64(s, 5);
+	j->rejected = sqlite3_column_int64(s, 6);
+	j->known = sqlite3_column_int64(s, 7);
+	off_t offset = sqlite3_column_int64(s, 2);
+	uint64_t line = (uint64_t)sqlite3_column_int64(s, 3);
 	sqlite3_reset(s);
-	j->hash = 1469598103934665603ULL; /* FNV-1a 64 offset basis */
-	j->phase = PH_HASH;
+	if (is_done) {
+		log_info("msg=\"file already ingested; disposing of it\" source=%s file=\"%s\"", j->req.src->name,
+			 j->req.path);
+		j->phase = PH_FINISH;
+		return 1;
+	}
+	log_info("msg=\"resuming file\" source=%s file=\"%s\" offset=%lld line=%llu", j->req.src->name, j->req.path,
+		 (long long)offset, (unsigned long long)line);
+	j->phase = PH_HEADER;
+	j->after_header = PH_STAGE;
+	j->start_offset = offset;
+	j->start_line = line;
 	return 1;
 }
 
@@ -483,52 +490,54 @@ static int phase_hash(struct ingest *ig, struct job *j, char *reason, size_t siz
 		snprintf(reason, size, "read error: %s", strerror(errno));
 		return -errno;
 	}
-	j->hash = content_hash(j->hash, ig->hash_buf, (size_t)n);
+	hasher_update(&j->hasher, ig->hash_buf, (size_t)n);
 	j->hashed += n;
 	if (n > 0)
 		return 1;
+	j->hash = hasher_value(&j->hasher);
 	char hex[17];
 	snprintf(hex, sizeof(hex), "%016llx", (unsigned long long)j->hash);
-	/* The same content as the source's last file (a re-dropped export, an unchanged
-	 * snapshot): nothing new in it. Only the last one: after A, B, a second A
-	 * carries changes back and must be staged. */
-	sqlite3_stmt *s = store_stmt(ig->st,
-				     "SELECT name, hash, size FROM ingested_files WHERE source = ? AND state = 'done'"
-				     " ORDER BY id DESC LIMIT 1");
+	/* A file is known by its name, size and mtime and its content: an export
+	 * copied over yesterday's with cp -p is a different file. */
+	int r = j->req.is_held ? 0 : seen_before(ig, j, hex);
+	if (r != 0) {
+		if (r < 0)
+			snprintf(reason, size, "state database: %s", store_error(ig->st));
+		return r;
+	}
+	/* The same content as the source's latest state (a re-dropped export, an
+	 * unchanged snapshot): nothing new in it. Only when the latest file of the
+	 * source was read whole: after A, then B cut short by a stop, a second A
+	 * carries changes back and is staged. (A snapshot's unfinished read is
+	 * undone at start, so it never counts.) */
+	sqlite3_stmt *s = store_prepare(ig->st, "SELECT name, hash, size, state FROM ingested_files WHERE source = ?"
+						" AND state IN ('done', 'staging') ORDER BY id DESC LIMIT 1",
+					"t", j->req.src->name);
 	if (!s)
 		return -EIO;
-	sqlite3_bind_text(s, 1, j->req.src->name, -1, SQLITE_STATIC);
-	bool seen = sqlite3_step(s) == SQLITE_ROW && sqlite3_column_int64(s, 2) == (int64_t)j->sb.st_size &&
-		    sqlite3_column_text(s, 1) && strcmp((const char *)sqlite3_column_text(s, 1), hex) == 0;
-	if (seen)
+	bool same = sqlite3_step(s) == SQLITE_ROW && sqlite3_column_int64(s, 2) == (int64_t)j->sb.st_size &&
+		    strcmp((const char *)sqlite3_column_text(s, 3), "done") == 0 && sqlite3_column_text(s, 1) &&
+		    strcmp((const char *)sqlite3_column_text(s, 1), hex) == 0;
+	if (same)
 		log_info("msg=\"file has the content of one already ingested; nothing staged\" source=%s "
 			 "file=\"%s\" same_as=\"%s\"", j->req.src->name, j->req.path, sqlite3_column_text(s, 0));
 	sqlite3_reset(s);
-	s = store_stmt(ig->st,
-		       "INSERT INTO ingested_files (source, name, size, mtime, hash, state, started_at)"
-		       " VALUES (?, ?, ?, ?, ?, ?, ?)");
-	if (!s)
-		return -EIO;
-	sqlite3_bind_text(s, 1, j->req.src->name, -1, SQLITE_STATIC);
-	sqlite3_bind_text(s, 2, base_name(j->req.path), -1, SQLITE_STATIC);
-	sqlite3_bind_int64(s, 3, (int64_t)j->sb.st_size);
-	sqlite3_bind_int64(s, 4, (int64_t)j->sb.st_mtim.tv_sec * 1000 + j->sb.st_mtim.tv_nsec / 1000000);
-	sqlite3_bind_text(s, 5, hex, -1, SQLITE_TRANSIENT);
-	sqlite3_bind_text(s, 6, seen ? "done" : "staging", -1, SQLITE_STATIC);
-	sqlite3_bind_int64(s, 7, clock_wall_ms());
-	int rc = sqlite3_step(s);
-	sqlite3_reset(s);
-	if (rc != SQLITE_DONE) {
-		snprintf(reason, size, "cannot record file: %s", sqlite3_errmsg(ig->st->db));
+	if (store_run(ig->st, "INSERT INTO ingested_files (source, name, size, mtime, hash, state, started_at)"
+			      " VALUES (?, ?, ?, ?, ?, ?, ?)", "ttiitti", j->req.src->name, base_name(j->req.path),
+		      (int64_t)j->sb.st_size, mtime_ms(&j->sb), hex, same ? "done" : "staging", clock_wall_ms()) < 0) {
+		snprintf(reason, size, "cannot record file: %s", store_error(ig->st));
 		return -EIO;
 	}
 	j->file_id = sqlite3_last_insert_rowid(ig->st->db);
-	if (seen) {
+	j->rows = j->staged = j->rejected = j->known = 0;
+	if (same) {
 		j->phase = PH_FINISH;
 		return 1;
 	}
 	j->phase = PH_HEADER;
 	j->after_header = j->req.src->strict ? PH_VALIDATE : PH_STAGE;
+	j->start_offset = 0;
+	j->start_line = 1;
 	return 1;
 }
 
@@ -584,7 +593,7 @@ static int update_checkpoint(struct ingest *ig, struct job *j, off_t offset, uin
 {
 	sqlite3_stmt *s = store_stmt(ig->st,
 				     "UPDATE ingested_files SET offset = ?2, line = ?3, rows = ?4, staged = ?5, rejected = ?6,"
-				     " state = ?7, finished_at = ?8, known = ?9, missing = ?10 WHERE id = ?1");
+				     " state = ?7, finished_at = ?8, known = ?9, missing = ?10, hold_seq = ?11 WHERE id = ?1");
 	if (!s)
 		return -EIO;
 	sqlite3_bind_int64(s, 1, j->file_id);
@@ -597,6 +606,8 @@ static int update_checkpoint(struct ingest *ig, struct job *j, off_t offset, uin
 	if (done)
 		sqlite3_bind_int64(s, 8, clock_wall_ms());
 	sqlite3_bind_int64(s, 9, j->known);
+	if (j->hold_base && !done)
+		sqlite3_bind_int64(s, 11, j->hold_base);
 	if (done && j->req.src->type == SOURCE_SNAPSHOT) {
 		/* The source's profiles that this version no longer has. Target cannot
 		 * clear them, so they are only counted (tpsyncctl sources). */
@@ -626,6 +637,20 @@ static int sync_done(struct ingest *ig, struct job *j)
 	return rc == SQLITE_DONE ? 0 : -EIO;
 }
 
+/* True when the read that just ended saw one version of the file: the bytes
+ * read hash as the file did before staging began, and the file is the same
+ * inode with the same size and mtime. A resumed read (not from the first
+ * byte) cannot be checked this way and counts as whole. */
+static bool read_whole(struct job *j)
+{
+	uint64_t hash, bytes;
+	if (!csv_content_hash(j->csv, &hash, &bytes))
+		return true;
+	struct stat now;
+	return hash == j->hash && bytes == (uint64_t)j->sb.st_size && fstat(j->fd, &now) == 0 &&
+	       now.st_ino == j->sb.st_ino && now.st_size == j->sb.st_size && mtime_ms(&now) == mtime_ms(&j->sb);
+}
+
 /* One slice: a transaction of up to SLICE_ROWS rows or SLICE_MS. Returns 1 to go
  * on, -EIO/-ENOSPC to retry the slice later, other negatives to fail the file. */
 static int phase_stage(struct ingest *ig, struct job *j, char *reason, size_t size)
@@ -647,6 +672,18 @@ static int phase_stage(struct ingest *ig, struct job *j, char *reason, size_t si
 	 * that marks it done (which makes every earlier slice durable too). */
 	if (store_exec(st, "PRAGMA synchronous=NORMAL") < 0 || store_begin(st) < 0)
 		goto db_error;
+	if (j->is_restart) {
+		/* A held read can only be checked when read from its first byte. */
+		done = true;
+		j->is_torn = true;
+		goto torn;
+	}
+	if (j->req.is_held && !j->hold_base) {
+		/* Above every pending_seq so far, with room for other writers. */
+		j->hold_base = st->next_seq + ((int64_t)1 << 32);
+		st->hold_from = j->hold_base;
+		stage_hold(&ig->sg, j->hold_base);
+	}
 	for (int n = 0; n < SLICE_ROWS; n++) {
 		struct csv_record rec;
 		r = csv_next(j->csv, &rec);
@@ -686,12 +723,33 @@ static int phase_stage(struct ingest *ig, struct job *j, char *reason, size_t si
 	if (done) {
 		offset = (off_t)j->sb.st_size;
 		line = 0;
+		j->is_torn = !read_whole(j);
 	}
-	if ((line || done) && update_checkpoint(ig, j, offset, line, done) < 0)
+torn:
+	if (j->is_torn) {
+		/* It changed under the reader. A held read is undone (none of it
+		 * left); a spool file's rows stay (they were sendable, as a delta
+		 * whose writer broke the write-then-rename rule). Read it again. */
+		log_warn("msg=\"file changed while it was read; reading it again\" source=%s file=\"%s\"%s",
+			 j->req.src->name, j->req.path, j->hold_base ? " undone=yes" : "");
+		if ((j->hold_base && stage_undo_hold(st, j->hold_base) < 0) ||
+		    store_run(st, "UPDATE ingested_files SET state = 'abandoned', error = 'changed while it was read',"
+				  " finished_at = ?2 WHERE id = ?1", "ii", j->file_id, clock_wall_ms()) < 0)
+			goto db_error;
+	} else if ((line || done) && update_checkpoint(ig, j, offset, line, done) < 0) {
+		goto db_error;
+	}
+	if (done && j->hold_base && !j->is_torn && stage_release(&ig->sg) < 0)
 		goto db_error;
 	if (store_commit(st) < 0 || store_exec(st, "PRAGMA synchronous=FULL") < 0)
 		goto db_error;
-	if (done && sync_done(ig, j) < 0)
+	if (done && j->hold_base) {
+		/* Whole (and released), or undone: nothing is held any more. */
+		st->hold_from = INT64_MAX;
+		ig->sg.hold_base = ig->sg.hold_next = 0;
+		j->hold_base = 0;
+	}
+	if (done && !j->is_torn && sync_done(ig, j) < 0)
 		goto db_error;
 	if (!done) {
 		j->committed_offset = offset;
@@ -713,7 +771,10 @@ db_error:
 	store_rollback(st);
 	store_exec(st, "PRAGMA synchronous=FULL");
 	/* Nothing of the slice is kept: rewind the reader and the counters to the
-	 * last committed checkpoint, so the slice is read again when retried. */
+	 * last committed checkpoint, so the slice is read again when retried (a
+	 * held read, which must be read whole, from the start). */
+	j->is_restart = j->hold_base != 0;
+	j->is_torn = false;
 	if (csv_seek(j->csv, j->committed_offset, j->committed_line) < 0)
 		return -EIO;
 	j->rows = rows;
@@ -730,7 +791,10 @@ static void finish_job(struct ingest *ig, struct job *j, int result)
 {
 	struct source_stats *stats = j->req.stats;
 	stats->is_busy = false;
-	if (result == 0) {
+	if (result == 0 && j->is_torn) {
+		stats->reads_torn++;
+		j->is_queued_again = true;
+	} else if (result == 0) {
 		crash_point("before-archive");
 		dispose_file(ig, j);
 		stats->files++;
@@ -754,6 +818,22 @@ static void finish_job(struct ingest *ig, struct job *j, int result)
 	}
 	job_free(j);
 	progress(ig);
+}
+
+/* A held read that fails half-way: what it staged is undone. */
+static void abandon_hold(struct ingest *ig, struct job *j)
+{
+	struct store *st = ig->st;
+	if (store_begin(st) < 0 || stage_undo_hold(st, j->hold_base) < 0 || store_commit(st) < 0) {
+		store_abort(st);
+		store_die_on_io_error(st);
+		/* The hold stays: nothing of the read can leave; the undo runs at next start. */
+		log_err("msg=\"cannot undo a failed snapshot read; its rows stay held\" error=\"%s\"", store_error(st));
+		return;
+	}
+	st->hold_from = INT64_MAX;
+	ig->sg.hold_base = ig->sg.hold_next = 0;
+	j->hold_base = 0;
 }
 
 static void on_retry(evutil_socket_t fd, short what, void *arg)
@@ -806,7 +886,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 		r = 0;
 		break;
 	}
-	if (r == -EIO || r == -ENOSPC || r == -ENOMEM) {
+	if (r == -EIO || r == -ENOSPC || r == -ENOMEM || r == -EMFILE || r == -ENFILE) {
 		/* The file stays where it is; try the slice again shortly. */
 		log_err("msg=\"ingestion held back\" source=%s file=\"%s\" reason=\"%s\"", j->req.src->name,
 			j->req.path, reason[0] ? reason : strerror(-r));
@@ -819,6 +899,8 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 		return;
 	}
 	if (r < 0) {
+		if (j->hold_base)
+			abandon_hold(ig, j);
 		fail_file(ig, j, reason[0] ? reason : strerror(-r));
 		ig->active = NULL;
 		finish_job(ig, j, r);
@@ -831,6 +913,30 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 	}
 	ig->held_back[0] = '\0';
 	schedule(ig);
+}
+
+/* A snapshot read that a stop or a crash interrupted was held: it is undone
+ * (the snapshot is read again from the start), so that nothing of a version
+ * that may never be whole is sent. Returns 0 or -EIO (logged). */
+static int undo_interrupted_holds(struct ingest *ig)
+{
+	struct store *st = ig->st;
+	int64_t id, base;
+	while ((id = store_int(st, "SELECT id FROM ingested_files WHERE state = 'staging' AND hold_seq IS NOT NULL"
+				   " ORDER BY id LIMIT 1", 0, "")) > 0) {
+		base = store_int(st, "SELECT hold_seq FROM ingested_files WHERE id = ?", 0, "i", id);
+		if (store_begin(st) < 0 || stage_undo_hold(st, base) < 0 ||
+		    store_run(st, "UPDATE ingested_files SET state = 'abandoned', error = 'interrupted; undone at start',"
+				  " finished_at = ?2 WHERE id = ?1", "ii", id, clock_wall_ms()) < 0 ||
+		    store_commit(st) < 0) {
+			store_abort(st);
+			log_err("msg=\"cannot undo an interrupted snapshot read\" error=\"%s\"", store_error(st));
+			return -EIO;
+		}
+		log_warn("msg=\"an interrupted snapshot read was undone; the snapshot is read again\" file_id=%lld",
+			 (long long)id);
+	}
+	return 0;
 }
 
 struct ingest *ingest_create(struct event_base *base, struct store *st, const char *rejects_dir,
@@ -855,6 +961,10 @@ struct ingest *ingest_create(struct event_base *base, struct store *st, const ch
 	event_priority_set(ig->tick, 2);
 	stage_init(&ig->sg, st);
 	attrset_init(&ig->incoming);
+	if (undo_interrupted_holds(ig) < 0) {
+		ingest_destroy(ig);
+		return NULL;
+	}
 	return ig;
 }
 

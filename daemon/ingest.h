@@ -22,6 +22,7 @@ struct ingest_request {
 	const struct source_config *src;
 	struct source_stats *stats;
 	enum ingest_disposition after;
+	bool is_held;    /* a snapshot: nothing it stages leaves before the file is known whole */
 	void (*done)(void *arg, const char *path, int result);
 	void *done_arg;
 };

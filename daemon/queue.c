@@ -122,7 +122,7 @@ int64_t queue_expired_ready(struct queue *q, int64_t created_before)
 int64_t queue_oldest_unbatched(struct queue *q)
 {
 	return store_int(q->st, "SELECT pending_since FROM profiles WHERE pending IS NOT NULL AND inflight_batch IS NULL"
-				" ORDER BY pending_seq LIMIT 1", 0, "");
+				" AND pending_seq < ? ORDER BY pending_seq LIMIT 1", 0, "i", q->st->hold_from);
 }
 
 int queue_rows_sent(struct queue *q, int64_t since, int64_t *rows, int64_t *oldest)
@@ -241,8 +241,11 @@ static int dead_letter_profile(struct store *st, const char *profile, const stru
 			 "t", profile);
 }
 
+/* Pending profiles in no request, oldest change first, up to the hold (a
+ * snapshot being read is not sent until it is known to be whole). */
 static const char SQL_PENDING[] = "SELECT id, accepted, pending FROM profiles"
-				  " WHERE pending IS NOT NULL AND inflight_batch IS NULL ORDER BY pending_seq";
+				  " WHERE pending IS NOT NULL AND inflight_batch IS NULL AND pending_seq < ?1"
+				  " ORDER BY pending_seq";
 
 int64_t queue_build(struct queue *q, const struct config *cfg, int64_t max_rows)
 {
@@ -269,7 +272,7 @@ int64_t queue_build(struct queue *q, const struct config *cfg, int64_t max_rows)
 		goto db_error;
 	id = sqlite3_last_insert_rowid(st->db);
 
-	sqlite3_stmt *sel = store_prepare(st, SQL_PENDING, "");
+	sqlite3_stmt *sel = store_prepare(st, SQL_PENDING, "i", st->hold_from);
 	if (!sel)
 		goto db_error;
 	int rc;
@@ -308,7 +311,7 @@ int64_t queue_build(struct queue *q, const struct config *cfg, int64_t max_rows)
 				free(copy);
 				if (r < 0)
 					goto db_error;
-				if (!(sel = store_prepare(st, SQL_PENDING, "")))
+				if (!(sel = store_prepare(st, SQL_PENDING, "i", st->hold_from)))
 					goto db_error;
 				continue;
 			}

@@ -84,6 +84,7 @@ json_t *source_status_json(const struct source *s)
 		return NULL;
 	json_object_set_new(o, "last_file", st->last_file[0] ? json_string(st->last_file) : json_null());
 	json_object_set_new(o, "last_error", st->last_error[0] ? json_string(st->last_error) : json_null());
+	json_object_set_new(o, "reads_torn", json_integer(st->reads_torn));
 	if (st->is_busy) {
 		int64_t elapsed = clock_wall_ms() - st->current_started_at;
 		json_object_set_new(o, "ingesting", json_pack("{s:s, s:I, s:I, s:I, s:f}", "file", st->current, "rows",

@@ -46,7 +46,7 @@ static int snapshot_scan(struct source *s, bool from_start)
 	if (!path)
 		return -ENOMEM;
 	struct ingest_request req = {
-		.path = path, .src = s->cfg, .stats = &s->stats, .after = INGEST_KEEP,
+		.path = path, .src = s->cfg, .stats = &s->stats, .after = INGEST_KEEP, .is_held = true,
 	};
 	return ingest_enqueue(s->env->ingest, &req);
 }

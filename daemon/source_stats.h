@@ -15,6 +15,7 @@ struct source_stats {
 	int64_t rows_rejected;
 	int64_t last_file_at;
 	int64_t profiles_missing; /* snapshots: this source's profiles absent from the last version */
+	int64_t reads_torn;       /* files that changed while they were read (read again) */
 	char last_file[256];      /* or, for a database, the position read up to */
 	char last_error[512];
 	bool is_row_error;        /* last_error is about one rejected row, not the source */

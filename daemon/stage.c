@@ -26,11 +26,16 @@ void stage_finish(struct stage *sg)
 	buf_finish(&sg->blob);
 }
 
-static const char SQL_LOOKUP[] = "SELECT accepted, inflight, pending, source FROM profiles WHERE id = ?";
+static const char SQL_LOOKUP[] =
+	"SELECT accepted, inflight, pending, source, pending_seq, pending_since FROM profiles WHERE id = ?";
 static const char SQL_INSERT[] =
 	"INSERT INTO profiles (id, pending, pending_seq, pending_since, source) VALUES (?1, ?2, ?3, ?4, ?5)";
 static const char SQL_SET_PENDING[] =
 	"UPDATE profiles SET pending = ?2, pending_seq = coalesce(pending_seq, ?3),"
+	" pending_since = coalesce(pending_since, ?4), source = coalesce(?5, source) WHERE id = ?1";
+/* Held: the profile moves to the held range, whatever its place before. */
+static const char SQL_SET_PENDING_HELD[] =
+	"UPDATE profiles SET pending = ?2, pending_seq = ?3,"
 	" pending_since = coalesce(pending_since, ?4), source = coalesce(?5, source) WHERE id = ?1";
 static const char SQL_CLEAR_PENDING[] =
 	"UPDATE profiles SET pending = NULL, pending_seq = NULL, pending_since = NULL WHERE id = ?1";
@@ -81,12 +86,12 @@ static int store_pending(struct stage *sg, const char *profile, size_t len, bool
 			return -EIO;
 		sqlite3_bind_text(s, 1, profile, (int)len, SQLITE_STATIC);
 	} else {
-		s = store_stmt(sg->st, exists ? SQL_SET_PENDING : SQL_INSERT);
+		s = store_stmt(sg->st, !exists ? SQL_INSERT : sg->hold_base ? SQL_SET_PENDING_HELD : SQL_SET_PENDING);
 		if (!s)
 			return -EIO;
 		sqlite3_bind_text(s, 1, profile, (int)len, SQLITE_STATIC);
 		sqlite3_bind_blob(s, 2, sg->blob.data, (int)sg->blob.len, SQLITE_STATIC);
-		sqlite3_bind_int64(s, 3, sg->st->next_seq++);
+		sqlite3_bind_int64(s, 3, sg->hold_base ? sg->hold_next++ : sg->st->next_seq++);
 		sqlite3_bind_int64(s, 4, clock_wall_ms());
 		if (source)
 			sqlite3_bind_text(s, 5, source, -1, SQLITE_STATIC);
@@ -172,6 +177,16 @@ int stage_profile(struct stage *sg, const char *profile, size_t profile_len,
 		r = -E2BIG;
 		goto reset;
 	}
+	/* Held, and the profile had a pending set from before the hold: keep it,
+	 * so that undoing the hold gives it back (the row still holds it). */
+	if (sg->hold_base && exists == 1 && sqlite3_column_type(s, 2) != SQLITE_NULL &&
+	    sqlite3_column_int64(s, 4) < sg->hold_base &&
+	    store_run(sg->st, "INSERT OR IGNORE INTO hold_undo (profile, pending, pending_seq, pending_since)"
+			      " VALUES (?, ?, ?, ?)", "sbiz", profile, (int)profile_len, sqlite3_column_blob(s, 2),
+		      sqlite3_column_bytes(s, 2), sqlite3_column_int64(s, 4), sqlite3_column_int64(s, 5)) < 0) {
+		r = -EIO;
+		goto reset;
+	}
 	buf_reset(&sg->blob);
 	r = attrset_encode(&sg->pending, &sg->blob);
 	/* The sets point into the lookup's row: encode before resetting it. */
@@ -232,6 +247,37 @@ int stage_refresh(struct stage *sg, const char *profile, const struct attrset *i
 int stage_restore(struct stage *sg, const char *profile, const struct attrset *values)
 {
 	return merge_missing(sg, profile, values, false);
+}
+
+void stage_hold(struct stage *sg, int64_t base)
+{
+	sg->hold_base = sg->hold_next = base;
+}
+
+int stage_release(struct stage *sg)
+{
+	if (sg->hold_next > sg->st->next_seq)
+		sg->st->next_seq = sg->hold_next; /* later changes come after the released ones */
+	sg->hold_base = sg->hold_next = 0;
+	return store_run(sg->st, "DELETE FROM hold_undo", "");
+}
+
+int stage_undo_hold(struct store *st, int64_t base)
+{
+	static const char *const steps[] = {
+		/* Profiles the hold created have nothing else: they go. */
+		"DELETE FROM profiles WHERE pending IS NOT NULL AND pending_seq >= ?1 AND accepted IS NULL"
+		" AND inflight IS NULL AND id NOT IN (SELECT profile FROM hold_undo)",
+		"UPDATE profiles SET pending = NULL, pending_seq = NULL, pending_since = NULL"
+		" WHERE pending IS NOT NULL AND pending_seq >= ?1",
+		"UPDATE profiles SET pending = u.pending, pending_seq = u.pending_seq, pending_since = u.pending_since"
+		" FROM hold_undo u WHERE u.profile = profiles.id",
+		"DELETE FROM hold_undo",
+	};
+	for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++)
+		if (store_run(st, steps[i], "i", base) < 0)
+			return -EIO;
+	return 0;
 }
 
 int64_t stage_source_profiles(struct store *st, const char *source)

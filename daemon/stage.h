@@ -19,6 +19,8 @@ struct stage {
 	struct store *st;
 	struct attrset accepted, inflight, pending;
 	struct buf blob;
+	int64_t hold_base; /* 0: rows are not held (see stage_hold) */
+	int64_t hold_next; /* the next held pending_seq */
 };
 
 void stage_init(struct stage *sg, struct store *st);
@@ -51,6 +53,23 @@ int stage_refresh(struct stage *sg, const char *profile, const struct attrset *i
 /* Stages values for attributes that are not already pending (a pending value is
  * newer and wins). Used to re-queue dead letters. Returns 0 or a negative errno. */
 int stage_restore(struct stage *sg, const char *profile, const struct attrset *values);
+
+/* Holds back what sg stages from now on (a snapshot until it is known to be
+ * one version): its profiles get pending_seq values from base up, which the
+ * queue leaves alone while st->hold_from is at or below them; the pending set
+ * a profile had before is kept in hold_undo. base must be above every
+ * pending_seq given so far (st->next_seq + 2^32 leaves room for other
+ * writers meanwhile). */
+void stage_hold(struct stage *sg, int64_t base);
+/* Ends sg's hold: the held rows become sendable (the caller clears
+ * st->hold_from); their undo copies are dropped. Inside the caller's
+ * transaction. Returns 0 or -EIO. */
+int stage_release(struct stage *sg);
+/* Undoes everything staged under the hold that starts at base (a read that
+ * was torn, or a crash interrupted): each held profile gets back the pending
+ * set it had before, and a profile the hold created is removed. Inside the
+ * caller's transaction. Returns 0 or -EIO. */
+int stage_undo_hold(struct store *st, int64_t base);
 
 /* How many profiles source staged last (each profile belongs to the source
  * that last changed it). Returns the count, or -1 on a database error. */

@@ -416,6 +416,7 @@ struct store *store_create(const char *path, char *err, size_t err_size)
 		goto fail;
 	}
 	st->next_seq = store_int(st, "SELECT max(pending_seq) FROM profiles", 0, "") + 1;
+	st->hold_from = INT64_MAX;
 	st->has_dead_letters = -1; /* not known yet: see dead_letters.c */
 	return st;
 fail:

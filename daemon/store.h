@@ -24,6 +24,7 @@ struct store {
 	uint32_t n_attr_names;
 	uint32_t cap_attr_names;
 	int64_t next_seq;  /* for profiles.pending_seq */
+	int64_t hold_from; /* pending rows with pending_seq >= this are held back (INT64_MAX: none) */
 	int has_dead_letters; /* -1: not known yet; kept by dead_letters.c */
 };
 
