@@ -146,7 +146,7 @@ int main(int argc, char **argv)
 		return 64;
 	}
 	char err[256];
-	struct store *st = store_create(argv[1], err, sizeof(err));
+	struct store *st = store_create(argv[1], 0, err, sizeof(err));
 	if (!st) {
 		fprintf(stderr, "bench_encode: %s\n", err);
 		return 1;

@@ -67,6 +67,7 @@ static const struct key_desc target_keys[] = {
 };
 static const struct key_desc state_keys[] = {
 	{ .name = "database", .type = K_STRING, .offset = C(state.database), .def = "/var/lib/tpsyncd/state.db" },
+	{ .name = "quick_check", .type = K_BOOL, .offset = C(state.quick_check), .def = "true" },
 	{ .name = NULL }
 };
 static const struct key_desc control_keys[] = {

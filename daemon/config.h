@@ -63,6 +63,7 @@ struct config {
 	} target;
 	struct {
 		char *database;
+		bool quick_check; /* PRAGMA quick_check at start */
 	} state;
 	struct {
 		char *socket;

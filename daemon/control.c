@@ -23,6 +23,11 @@
 #include "log.h"
 
 #define CONTROL_IDLE_SECONDS 60
+/* Answers queued for a client that does not read them: past this, its
+ * requests are not read any more until it has read half of them. */
+#define CONTROL_MAX_QUEUED (256 * 1024)
+/* Connections at once; more wait in the listen backlog. */
+#define CONTROL_MAX_CONNS 64
 
 struct conn;
 
@@ -31,6 +36,9 @@ struct control {
 	struct evconnlistener *listener;
 	char *path;
 	struct conn *conns; /* open connections, closed with the control */
+	int n_conns;
+	bool is_full;        /* not accepting: CONTROL_MAX_CONNS open */
+	struct event *resume; /* accepting again after running out of descriptors */
 	gid_t gid;          /* the socket's group */
 	enum mutating_policy mutating;
 	const struct control_command *table;
@@ -43,6 +51,7 @@ struct conn {
 	struct bufferevent *bev;
 	struct ucred peer;
 	bool is_closing;
+	bool is_backed_up;   /* its answers pile up: reading paused */
 };
 
 static json_t *error_reply(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -95,6 +104,13 @@ static json_t *dispatch(struct conn *cn, json_t *req)
 
 static void conn_free(struct conn *cn)
 {
+	struct control *c = cn->c;
+	c->n_conns--;
+	if (c->is_full && c->n_conns < CONTROL_MAX_CONNS) {
+		c->is_full = false;
+		if (evconnlistener_enable(c->listener) < 0)
+			log_err("msg=\"cannot accept control connections again\"");
+	}
 	if (cn->prev)
 		cn->prev->next = cn->next;
 	else if (cn->c->conns == cn)
@@ -147,7 +163,8 @@ static void on_read(struct bufferevent *bev, void *arg)
 		evbuffer_drain(in, evbuffer_get_length(in));
 		return;
 	}
-	while ((line = evbuffer_readln(in, &len, EVBUFFER_EOL_LF))) {
+	struct evbuffer *out = bufferevent_get_output(bev);
+	while (!cn->is_backed_up && (line = evbuffer_readln(in, &len, EVBUFFER_EOL_LF))) {
 		json_error_t err;
 		json_t *req = len > CONTROL_MAX_LINE ? NULL : json_loadb(line, len, 0, &err);
 		free(line);
@@ -159,8 +176,15 @@ static void on_read(struct bufferevent *bev, void *arg)
 		}
 		send_reply(cn, dispatch(cn, req));
 		json_decref(req);
+		if (evbuffer_get_length(out) > CONTROL_MAX_QUEUED) {
+			/* A client that sends without reading: its memory here stays
+			 * bounded; it is read again once it has read half its answers. */
+			cn->is_backed_up = true;
+			bufferevent_disable(bev, EV_READ);
+			bufferevent_setwatermark(bev, EV_WRITE, CONTROL_MAX_QUEUED / 2, 0);
+		}
 	}
-	if (!cn->is_closing && evbuffer_get_length(in) > CONTROL_MAX_LINE) {
+	if (!cn->is_closing && !cn->is_backed_up && evbuffer_get_length(in) > CONTROL_MAX_LINE) {
 		send_reply(cn, error_reply("request too long"));
 		start_closing(cn);
 	}
@@ -171,8 +195,17 @@ static void on_read(struct bufferevent *bev, void *arg)
 static void on_write(struct bufferevent *bev, void *arg)
 {
 	struct conn *cn = arg;
-	if (cn->is_closing)
+	if (cn->is_closing) {
 		shutdown(bufferevent_getfd(bev), SHUT_WR);
+	} else if (cn->is_backed_up) {
+		cn->is_backed_up = false;
+		bufferevent_setwatermark(bev, EV_WRITE, 0, 0);
+		if (bufferevent_enable(bev, EV_READ) < 0) {
+			conn_free(cn);
+			return;
+		}
+		on_read(bev, cn); /* the requests already in */
+	}
 }
 
 static void on_event(struct bufferevent *bev, short what, void *arg)
@@ -212,8 +245,33 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	if (c->conns)
 		c->conns->prev = cn;
 	c->conns = cn;
+	if (++c->n_conns >= CONTROL_MAX_CONNS) {
+		c->is_full = true;
+		evconnlistener_disable(c->listener);
+		log_warn("msg=\"control connections at their limit; new ones wait\" limit=%d", CONTROL_MAX_CONNS);
+	}
 	if (bufferevent_enable(cn->bev, EV_READ | EV_WRITE) < 0)
 		conn_free(cn);
+}
+
+static void on_resume(evutil_socket_t fd, short what, void *arg)
+{
+	struct control *c = arg;
+	if (!c->is_full && evconnlistener_enable(c->listener) < 0)
+		log_err("msg=\"cannot accept control connections again\"");
+}
+
+/* accept failed: out of descriptors (EMFILE, ENFILE) or memory. Accepting
+ * again at once would spin; the listener rests for a second instead. */
+static void on_accept_error(struct evconnlistener *l, void *arg)
+{
+	struct control *c = arg;
+	int e = EVUTIL_SOCKET_ERROR();
+	log_warn("msg=\"cannot accept a control connection; pausing for 1 s\" error=\"%s\"", strerror(e));
+	evconnlistener_disable(l);
+	struct timeval second = { 1, 0 };
+	if (evtimer_add(c->resume, &second) < 0)
+		log_err("msg=\"cannot arm control timer\"");
 }
 
 struct control *control_create(struct event_base *base, const char *path, const char *group,
@@ -250,6 +308,12 @@ struct control *control_create(struct event_base *base, const char *path, const 
 		log_err("msg=\"cannot bind control socket\" path=\"%s\" error=\"%s\"", path, strerror(errno));
 		goto fail;
 	}
+	evconnlistener_set_error_cb(c->listener, on_accept_error);
+	c->resume = evtimer_new(base, on_resume, c);
+	if (!c->resume) {
+		log_err("msg=\"cannot set up the control socket\" error=\"out of memory\"");
+		goto fail;
+	}
 	c->gid = getegid();
 	if (group) {
 		struct group *gr = getgrnam(group);
@@ -270,6 +334,8 @@ struct control *control_create(struct event_base *base, const char *path, const 
 	}
 	return c;
 fail:
+	if (c->resume)
+		event_free(c->resume);
 	if (c->listener) {
 		evconnlistener_free(c->listener);
 		unlink(path);
@@ -290,6 +356,8 @@ void control_destroy(struct control *c)
 		return;
 	while (c->conns)
 		conn_free(c->conns);
+	if (c->resume)
+		event_free(c->resume);
 	if (c->listener) {
 		evconnlistener_free(c->listener);
 		unlink(c->path);

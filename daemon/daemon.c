@@ -22,6 +22,7 @@
 #include "control.h"
 #include "dead_letters.h"
 #include "ingest.h"
+#include "integrity.h"
 #include "log.h"
 #include "queue.h"
 #include "sender.h"
@@ -44,6 +45,7 @@ struct daemon {
 	struct ingest *ingest;
 	struct sender *sender;
 	struct control *control;
+	struct integrity *integrity;
 	struct source_env env;
 	struct source **sources; /* one per cfg->sources entry */
 	size_t n_sources;
@@ -75,7 +77,10 @@ static void notify(const char *fmt, ...)
  * start timeout is pushed 30 s on, every 5 s while it runs. */
 static void on_migration(void *arg, int from, int to)
 {
-	notify("EXTEND_TIMEOUT_USEC=30000000\nSTATUS=migrating the state database from schema %d to %d", from, to);
+	if (from < 0)
+		notify("EXTEND_TIMEOUT_USEC=30000000\nSTATUS=checking the state database");
+	else
+		notify("EXTEND_TIMEOUT_USEC=30000000\nSTATUS=migrating the state database from schema %d to %d", from, to);
 }
 
 /* --- sources ---------------------------------------------------------------------- */
@@ -539,6 +544,21 @@ static json_t *cmd_metrics(void *arg, json_t *args, char *err, size_t size)
 	return result;
 }
 
+/* tpsyncctl check: starts a full integrity check (unless one runs) and says
+ * how the last one stands; tpsyncctl asks again until it is done. */
+static json_t *cmd_check(void *arg, json_t *args, char *err, size_t size)
+{
+	struct daemon *d = arg;
+	if (json_is_true(json_object_get(args, "start"))) {
+		int r = integrity_start(d->integrity);
+		if (r < 0 && r != -EBUSY) {
+			snprintf(err, size, "cannot start the check: %s", strerror(-r));
+			return NULL;
+		}
+	}
+	return integrity_status(d->integrity);
+}
+
 static const struct control_command commands[] = {
 	{ "status", false, cmd_status },
 	{ "sources", false, cmd_sources },
@@ -551,6 +571,7 @@ static const struct control_command commands[] = {
 	{ "flush", true, cmd_flush },
 	{ "rescan", true, cmd_rescan },
 	{ "reload", true, cmd_reload },
+	{ "check", true, cmd_check },
 	{ NULL, false, NULL },
 };
 
@@ -640,6 +661,7 @@ int daemon_run(struct config *cfg, const struct daemon_options *opts)
 	char err[512], scratch[4096] = "";
 
 	signal(SIGPIPE, SIG_IGN);
+	event_set_log_callback(log_libevent);
 	CURLcode cc = curl_global_init(CURL_GLOBAL_DEFAULT);
 	if (cc != CURLE_OK) {
 		log_err("msg=\"curl_global_init failed\" error=\"%s\"", curl_easy_strerror(cc));
@@ -653,10 +675,28 @@ int daemon_run(struct config *cfg, const struct daemon_options *opts)
 		db_path = scratch;
 	}
 	store_on_migration(on_migration, NULL, 5000);
-	d.st = store_create(db_path, err, sizeof(err));
+	if (opts->is_fresh_state && !opts->dry_run_dir) {
+		char moved[4400];
+		int r = store_move_aside(db_path, moved, sizeof(moved));
+		if (r < 0) {
+			log_err("msg=\"cannot move the state database aside\" path=\"%s\" error=\"%s\"", db_path, strerror(-r));
+			goto free_config;
+		}
+		log_warn("msg=\"--fresh-state: the state database was moved aside; starting anew\" moved_to=\"%s\"", moved);
+	}
+	d.st = store_create(db_path, cfg->state.quick_check ? STORE_CHECK : 0, err, sizeof(err));
 	if (!d.st) {
 		log_err("msg=\"cannot open state database\" error=\"%s\"", err);
+		fprintf(stderr, "tpsyncd: %s\n", err);
 		goto free_config;
+	}
+	if (d.st->is_replaced && !opts->is_fresh_state) {
+		/* Its sentinel says a database was here: it was deleted, and with it
+		 * every staged change and the mirror of what Target holds. */
+		log_err("msg=\"a new, empty state database was created where one existed before; every staged change it "
+			"held is lost, and everything is sent again as sources are read\" path=\"%s\"", db_path);
+		snprintf(d.last_error, sizeof(d.last_error), "the state database %s was missing and has been created anew: "
+			 "staged changes it held are lost (restore a backup if you have one)", db_path);
 	}
 	d.base = event_base_new();
 	if (!d.base || event_base_priority_init(d.base, 3) < 0) {
@@ -667,9 +707,10 @@ int daemon_run(struct config *cfg, const struct daemon_options *opts)
 	d.once_deadline = d.started_at + opts->wait_ms;
 	d.dead_at_start = dead_letters_count(d.st);
 	d.apply_event = event_new(d.base, -1, 0, on_apply, &d);
+	d.integrity = integrity_create(db_path);
 	d.queue = queue_create(d.st);
 	d.ingest = ingest_create(d.base, d.st, opts->dry_run_dir, &ingest_listener, &d);
-	if (!d.apply_event || !d.queue || !d.ingest) {
+	if (!d.apply_event || !d.integrity || !d.queue || !d.ingest) {
 		log_err("msg=\"cannot start\" error=\"out of memory\"");
 		goto free_modules;
 	}
@@ -714,6 +755,7 @@ free_modules:
 	free_event(&d.stop_deadline);
 	free_event(&d.apply_event);
 	control_destroy(d.control);
+	integrity_destroy(d.integrity);
 	stop_sources(&d);
 	sender_destroy(d.sender);
 	ingest_destroy(d.ingest);

@@ -14,6 +14,7 @@ struct daemon_options {
 	bool is_once;            /* --once: exit when everything is delivered */
 	int64_t wait_ms;         /* --once --wait: give up waiting for final status then */
 	const char *dry_run_dir; /* --dry-run DIR: write batch files instead of sending */
+	bool is_fresh_state;     /* --fresh-state: move the state database aside and start anew */
 };
 
 /* Runs the daemon with cfg (ownership passes) until it is told to stop, or,

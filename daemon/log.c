@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <stdarg.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -85,4 +86,26 @@ void log_msg(enum log_level level, const char *fmt, ...)
 		len = sizeof(line) - 1;
 	}
 	fwrite(line, 1, len, stderr);
+}
+
+void log_libevent(int severity, const char *msg)
+{
+	static int64_t window_start;
+	static int in_window, dropped;
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	int64_t now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+	if (now - window_start >= 10000) {
+		if (dropped)
+			log_msg(LOG_LVL_WARN, "msg=\"libevent messages suppressed\" count=%d", dropped);
+		window_start = now;
+		in_window = dropped = 0;
+	}
+	if (++in_window > 10) {
+		dropped++;
+		return;
+	}
+	/* libevent's severities: 0 debug, 1 msg, 2 warn, 3 error. */
+	enum log_level level = severity >= 3 ? LOG_LVL_ERR : severity == 2 ? LOG_LVL_WARN : LOG_LVL_DEBUG;
+	log_msg(level, "msg=\"libevent\" detail=\"%s\"", msg);
 }

@@ -14,6 +14,10 @@ int log_parse_level(const char *name, enum log_level *out);
 void log_init(void);
 void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* For event_set_log_callback: libevent's own messages, at most 10 in any 10 s
+ * (a burst of one warning per failed accept once wrote 760 MB in 10 s). */
+void log_libevent(int severity, const char *msg);
+
 #define log_err(...) log_msg(LOG_LVL_ERR, __VA_ARGS__)
 #define log_warn(...) log_msg(LOG_LVL_WARN, __VA_ARGS__)
 #define log_info(...) log_msg(LOG_LVL_INFO, __VA_ARGS__)

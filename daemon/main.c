@@ -19,6 +19,8 @@ static void usage(FILE *out)
 	      "      --wait DURATION   with --once: how long to wait for final status (default 10m)\n"
 	      "      --dry-run DIR     with --once: write the batch files that would be sent into DIR;\n"
 	      "                        the state database and source files are left untouched\n"
+	      "      --fresh-state     move a damaged state database aside and start with a new one\n"
+	      "                        (sources are read again and everything is sent once more)\n"
 	      "      --log-level LVL   error, warn, info (default) or debug\n"
 	      "  -V, --version         print the version\n"
 	      "  -h, --help            this help\n",
@@ -27,7 +29,7 @@ static void usage(FILE *out)
 
 int main(int argc, char **argv)
 {
-	enum { OPT_CHECK = 256, OPT_ONCE, OPT_WAIT, OPT_DRY_RUN, OPT_LOG_LEVEL };
+	enum { OPT_CHECK = 256, OPT_ONCE, OPT_WAIT, OPT_DRY_RUN, OPT_LOG_LEVEL, OPT_FRESH };
 	static const struct option options[] = {
 		{ "config", required_argument, NULL, 'c' },
 		{ "check-config", no_argument, NULL, OPT_CHECK },
@@ -35,6 +37,7 @@ int main(int argc, char **argv)
 		{ "wait", required_argument, NULL, OPT_WAIT },
 		{ "dry-run", required_argument, NULL, OPT_DRY_RUN },
 		{ "log-level", required_argument, NULL, OPT_LOG_LEVEL },
+		{ "fresh-state", no_argument, NULL, OPT_FRESH },
 		{ "version", no_argument, NULL, 'V' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -65,6 +68,9 @@ int main(int argc, char **argv)
 			break;
 		case OPT_DRY_RUN:
 			opts.dry_run_dir = optarg;
+			break;
+		case OPT_FRESH:
+			opts.is_fresh_state = true;
 			break;
 		case OPT_LOG_LEVEL: {
 			enum log_level level;

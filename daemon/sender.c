@@ -811,6 +811,14 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
 
 /* --- lifecycle and status ------------------------------------------------------------ */
 
+/* A token file others may read: said once per load, as ssh does for keys. */
+static void warn_exposed(struct sender *s)
+{
+	if (token_is_exposed(&s->token))
+		log_warn("msg=\"the token file may be read by its group or others; chmod 600 it\" path=\"%s\" mode=%04o",
+			 s->token.path, s->token.mode);
+}
+
 struct sender *sender_create(struct event_base *base, struct store *st, struct queue *q, const struct config *cfg,
 			     const struct sender_options *opts, const struct sender_listener *l, void *arg)
 {
@@ -842,6 +850,7 @@ struct sender *sender_create(struct event_base *base, struct store *st, struct q
 		log_err("msg=\"cannot read token file\" path=\"%s\" error=\"%s\"", cfg->target.token_file, strerror(-r));
 		goto fail;
 	}
+	warn_exposed(s);
 	int64_t n = 0;
 	if (queue_recover(q, cfg->target.timeout_ms, &n) < 0) {
 		log_err("msg=\"cannot recover unanswered requests\" error=\"%s\"", store_error(st));
@@ -901,6 +910,7 @@ int sender_reload_token(struct sender *s)
 		log_err("msg=\"cannot read token file\" error=\"%s\"", strerror(-r));
 		return r;
 	}
+	warn_exposed(s);
 	if (s->is_auth_failed) {
 		s->is_auth_failed = false;
 		log_info("msg=\"token reloaded; resuming delivery\"");

@@ -34,6 +34,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "backoff.h"
 #include "buf.h"
@@ -192,6 +193,10 @@ static int read_password(struct source *s, char *out, size_t size)
 		source_db_note(s, "cannot read password file %s: %s", path, strerror(e));
 		return -e;
 	}
+	struct stat sb;
+	if (fstat(fileno(f), &sb) == 0 && (sb.st_mode & 077))
+		log_warn("msg=\"the password file may be read by its group or others; chmod 600 it\" source=%s path=\"%s\" "
+			 "mode=%04o", s->cfg->name, path, (unsigned)(sb.st_mode & 07777));
 	size_t n = fread(out, 1, size - 1, f);
 	bool is_error = ferror(f) != 0;
 	fclose(f);

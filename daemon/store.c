@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -99,6 +100,11 @@ void store_die_on_io_error(struct store *st)
 	if ((code & 0xff) != SQLITE_IOERR) {
 		code = st->err_code;
 		msg = st->err_msg;
+	}
+	if ((code & 0xff) == SQLITE_CORRUPT || (code & 0xff) == SQLITE_NOTADB) {
+		log_err("msg=\"state database damaged; exiting (the start-up check tells how to recover)\" error=\"%s\" "
+			"code=%d", msg, code);
+		_exit(74); /* EX_IOERR */
 	}
 	if ((code & 0xff) != SQLITE_IOERR || code == SQLITE_IOERR_NOMEM)
 		return;
@@ -307,6 +313,16 @@ static int migration_progress(void *unused)
 	return 0;
 }
 
+static int check_progress(void *unused)
+{
+	int64_t now = clock_mono_ms();
+	if (now - migration.last_ms >= migration.every_ms) {
+		migration.last_ms = now;
+		migration.hook(migration.arg, -1, -1);
+	}
+	return 0;
+}
+
 static int migrate(struct store *st, char *err, size_t err_size)
 {
 	int64_t version = store_int(st, "PRAGMA user_version", 0, "");
@@ -363,13 +379,67 @@ static int load_attr_names(struct store *st)
 	return rc == SQLITE_DONE ? 0 : -EIO;
 }
 
-struct store *store_create(const char *path, char *err, size_t err_size)
+/* How to recover, for the messages that refuse a database. */
+#define STORE_RECOVERY "restore a backup (tpsyncctl backup makes one), or start anew with tpsyncd --fresh-state " \
+		       "(the database is moved aside; sources are read again and everything is sent once more)"
+
+/* The sentinel beside a database: written when it is created, it shows later
+ * that a database existed here. */
+static void sentinel_path(const char *path, char *out, size_t size)
+{
+	snprintf(out, size, "%s.created", path);
+}
+
+static int write_sentinel(const char *path)
+{
+	char s[4200];
+	sentinel_path(path, s, sizeof(s));
+	FILE *f = fopen(s, "we");
+	if (!f)
+		return -errno;
+	fprintf(f, "created %lld\n", (long long)(clock_wall_ms() / 1000));
+	return fclose(f) == 0 ? 0 : -errno;
+}
+
+/* SQLite's progress handler during the start-up check (minutes for a large
+ * database): the migration hook tells the supervisor start-up goes on. */
+static int check_progress(void *unused);
+
+/* PRAGMA quick_check: every page and index is readable and consistent (not
+ * the full cross-check of integrity_check). Returns 0 or -EUCLEAN with the
+ * first problem in err. */
+static int quick_check(struct store *st, const char *path, char *err, size_t err_size)
+{
+	sqlite3_stmt *s = NULL;
+	int r = 0;
+	if (sqlite3_prepare_v2(st->db, "PRAGMA quick_check", -1, &s, NULL) != SQLITE_OK) {
+		snprintf(err, err_size, "state database %s cannot be checked (%s): %s", path, sqlite3_errmsg(st->db),
+			 STORE_RECOVERY);
+		return -EUCLEAN;
+	}
+	int rc = sqlite3_step(s);
+	const char *first = rc == SQLITE_ROW ? (const char *)sqlite3_column_text(s, 0) : sqlite3_errmsg(st->db);
+	if (rc != SQLITE_ROW || !first || strcmp(first, "ok") != 0) {
+		snprintf(err, err_size, "state database %s is damaged (%s): %s", path, first ? first : "?", STORE_RECOVERY);
+		r = -EUCLEAN;
+	}
+	sqlite3_finalize(s);
+	return r;
+}
+
+struct store *store_create(const char *path, unsigned flags, char *err, size_t err_size)
 {
 	struct store *st = calloc(1, sizeof(*st));
 	if (!st) {
 		snprintf(err, err_size, "out of memory");
 		return NULL;
 	}
+	char sentinel[4200];
+	sentinel_path(path, sentinel, sizeof(sentinel));
+	struct stat sb;
+	bool existed = stat(path, &sb) == 0 && sb.st_size > 0;
+	st->is_new = !existed;
+	st->is_replaced = !existed && access(sentinel, F_OK) == 0;
 	if (sqlite3_open_v2(path, &st->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
 			    NULL) != SQLITE_OK) {
 		snprintf(err, err_size, "cannot open %s: %s", path,
@@ -377,6 +447,23 @@ struct store *store_create(const char *path, char *err, size_t err_size)
 		goto fail;
 	}
 	sqlite3_extended_result_codes(st->db, 1);
+	/* A database SQLite opened read-only (its file mode, an immutable
+	 * attribute, a read-only mount) would fail every write later. */
+	if (sqlite3_db_readonly(st->db, "main") == 1) {
+		snprintf(err, err_size, "state database %s is read-only (file permissions, an immutable attribute or a "
+					"read-only mount); tpsyncd writes it", path);
+		goto fail;
+	}
+	if (existed && (flags & STORE_CHECK)) {
+		if (migration.hook) {
+			migration.last_ms = clock_mono_ms();
+			sqlite3_progress_handler(st->db, 100000, check_progress, NULL);
+		}
+		int r = quick_check(st, path, err, err_size);
+		sqlite3_progress_handler(st->db, 0, NULL, NULL);
+		if (r < 0)
+			goto fail;
+	}
 	/* A bounded cache keeps memory flat however large the mirror grows; 8 KiB
 	 * pages made first ingests 10% faster than 4 KiB (bench/bench.py). */
 	static const char *const pragmas =
@@ -418,6 +505,15 @@ struct store *store_create(const char *path, char *err, size_t err_size)
 	st->next_seq = store_int(st, "SELECT max(pending_seq) FROM profiles", 0, "") + 1;
 	st->hold_from = INT64_MAX;
 	st->has_dead_letters = -1; /* not known yet: see dead_letters.c */
+	/* A first write proves the database writable (and makes the WAL) now,
+	 * rather than at the first file. */
+	if (store_exec(st, "BEGIN IMMEDIATE; COMMIT") < 0) {
+		snprintf(err, err_size, "state database %s cannot be written: %s", path, store_error(st));
+		goto fail;
+	}
+	if (st->is_new && write_sentinel(path) < 0)
+		log_warn("msg=\"cannot write the state database's sentinel\" path=\"%s\" error=\"%s\"", sentinel,
+			 strerror(errno));
 	return st;
 fail:
 	store_destroy(st);
@@ -436,4 +532,28 @@ void store_destroy(struct store *st)
 	if (st->db)
 		sqlite3_close(st->db);
 	free(st);
+}
+
+int store_move_aside(const char *path, char *moved, size_t size)
+{
+	char stamp[32], from[4200], to[4300];
+	time_t now = time(NULL);
+	struct tm tm;
+	gmtime_r(&now, &tm);
+	strftime(stamp, sizeof(stamp), "%Y%m%dT%H%M%SZ", &tm);
+	snprintf(moved, size, "%s.aside-%s", path, stamp);
+	if (rename(path, moved) < 0 && errno != ENOENT)
+		return -errno;
+	static const char *const extra[] = { "-wal", "-shm" };
+	for (size_t i = 0; i < 2; i++) {
+		snprintf(from, sizeof(from), "%s%s", path, extra[i]);
+		snprintf(to, sizeof(to), "%s%s", moved, extra[i]);
+		if (rename(from, to) < 0 && errno != ENOENT)
+			return -errno;
+	}
+	char sentinel[4200];
+	sentinel_path(path, sentinel, sizeof(sentinel));
+	if (unlink(sentinel) < 0 && errno != ENOENT)
+		return -errno;
+	return 0;
 }

@@ -26,19 +26,35 @@ struct store {
 	int64_t next_seq;  /* for profiles.pending_seq */
 	int64_t hold_from; /* pending rows with pending_seq >= this are held back (INT64_MAX: none) */
 	int has_dead_letters; /* -1: not known yet; kept by dead_letters.c */
+	bool is_new;          /* created by store_create */
+	bool is_replaced;     /* ... where its sentinel shows an earlier one existed */
 };
 
+/* store_create's flags. */
+#define STORE_CHECK 1u /* PRAGMA quick_check an existing database first (seconds per GB) */
+
 /* Opens (creating if needed) the database at path in WAL mode with
- * synchronous=FULL and applies missing migrations. Returns a store the caller
- * frees with store_destroy(), or NULL with the reason in err. */
-struct store *store_create(const char *path, char *err, size_t err_size);
+ * synchronous=FULL and applies missing migrations. Refuses a database that is
+ * read-only, cannot be written, or (with STORE_CHECK) fails quick_check, with
+ * a message that says how to recover. A new database gets a sentinel beside it
+ * (PATH.created); st->is_replaced says a new one was made where the sentinel
+ * shows an earlier one existed (it was deleted: everything it held is gone).
+ * Returns a store the caller frees with store_destroy(), or NULL with the
+ * reason in err. */
+struct store *store_create(const char *path, unsigned flags, char *err, size_t err_size);
+/* Moves the database at path (and its -wal and -shm) aside to
+ * PATH.aside-TIMESTAMP, named in moved, and drops its sentinel, so that
+ * store_create makes a new one (tpsyncd --fresh-state). Returns 0 or a
+ * negative errno. */
+int store_move_aside(const char *path, char *moved, size_t size);
 void store_destroy(struct store *st);
 
 /* Migrating a large state database takes minutes (about 3.5 s per million
  * profiles for version 3). hook(arg, from, to) is called when store_create
  * starts migrating an existing database from schema version from to version
  * to, then about every every_ms while it runs, so that the caller can tell its
- * supervisor that start-up is still making progress. NULL: no calls. */
+ * supervisor that start-up is still making progress; and every every_ms of
+ * the start-up check, with from and to -1. NULL: no calls. */
 typedef void store_migration_hook(void *arg, int from, int to);
 void store_on_migration(store_migration_hook *hook, void *arg, int64_t every_ms);
 

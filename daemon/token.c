@@ -74,7 +74,13 @@ int token_load(struct token *t, const struct config *cfg)
 	t->value = value;
 	snprintf(t->path, sizeof(t->path), "%s", path);
 	t->mtime_ns = (long long)sb.st_mtim.tv_sec * 1000000000LL + sb.st_mtim.tv_nsec;
+	t->mode = (unsigned)(sb.st_mode & 07777);
 	return 0;
+}
+
+bool token_is_exposed(const struct token *t)
+{
+	return t->value && (t->mode & 077) != 0;
 }
 
 bool token_changed(const struct token *t)

@@ -12,7 +12,12 @@ struct token {
 	char *value;     /* NULL: send no Authorization header */
 	char path[4096]; /* where it came from; "" if nowhere */
 	long long mtime_ns;
+	unsigned mode;   /* the file's permission bits, when loaded from one */
 };
+
+/* True when the loaded token's file may be read by its group or others (ssh
+ * refuses such key files; tpsyncd warns). */
+bool token_is_exposed(const struct token *t);
 
 /* (Re)loads the token. Returns 0 (value may be NULL when no file is configured
  * or found), or a negative errno when a configured file cannot be read; the old

@@ -20,7 +20,7 @@ static struct store *fixture_store(void)
 		return NULL;
 	char path[256], err[256];
 	snprintf(path, sizeof(path), "%s/state.db", fixture_dir);
-	struct store *st = store_create(path, err, sizeof(err));
+	struct store *st = store_create(path, 0, err, sizeof(err));
 	if (!st)
 		fprintf(stderr, "store_create: %s\n", err);
 	return st;

@@ -62,7 +62,7 @@ static void test_converted(void)
 		      "INSERT INTO batches (id, state, created_at) VALUES (1, 'ready', 0);"
 		      "INSERT INTO batch_rows (batch_id, profile, attrs, changed) VALUES"
 		      " (1, 'p1', x'0104676f6c640206c3bc72696368', x'0206c3bc72696368');");
-	struct store *st = store_create(path, err, sizeof(err));
+	struct store *st = store_create(path, 0, err, sizeof(err));
 	CHECK(st != NULL);
 	if (!st) {
 		fprintf(stderr, "store_create: %s\n", err);
@@ -90,7 +90,7 @@ static void test_converted(void)
 	buf_finish(&copy);
 	store_destroy(st);
 	/* Opening again migrates nothing more. */
-	st = store_create(path, err, sizeof(err));
+	st = store_create(path, 0, err, sizeof(err));
 	CHECK(st && store_int(st, "PRAGMA user_version", 0, "") == (int64_t)schema_migration_count);
 	store_destroy(st);
 }
@@ -101,7 +101,7 @@ static void test_corrupt(void)
 	snprintf(path, sizeof(path), "%s/corrupt.db", dir);
 	/* p2's length byte (9) runs past its end. */
 	make_v2(path, "INSERT INTO profiles (id, accepted) VALUES ('p1', x'0104676f6c64'), ('p2', x'0109616263');");
-	CHECK(store_create(path, err, sizeof(err)) == NULL);
+	CHECK(store_create(path, 0, err, sizeof(err)) == NULL);
 	CHECK(strstr(err, "migration 3 failed") && strstr(err, "corrupt attribute blob"));
 	sqlite3 *db;
 	sqlite3_stmt *s;
@@ -134,14 +134,14 @@ static void test_hook(void)
 	make_v2(path, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000)"
 		      " INSERT INTO profiles (id, accepted) SELECT 'p' || i, x'0104676f6c64' FROM n;");
 	store_on_migration(count_calls, NULL, 0);
-	struct store *st = store_create(path, err, sizeof(err));
+	struct store *st = store_create(path, 0, err, sizeof(err));
 	CHECK(st != NULL);
 	CHECK(hook_calls >= 2 && hook_from == 2 && hook_to == (int)schema_migration_count);
 	CHECK(st && store_int(st, "SELECT count(*) FROM profiles WHERE accepted = x'0101676f6c6400'", 0, "") == 5000);
 	store_destroy(st);
 	/* Nothing to migrate: no call. */
 	hook_calls = 0;
-	st = store_create(path, err, sizeof(err));
+	st = store_create(path, 0, err, sizeof(err));
 	CHECK(st && hook_calls == 0);
 	store_destroy(st);
 	store_on_migration(NULL, NULL, 0);
