@@ -658,7 +658,7 @@ int daemon_run(struct config *cfg, const struct daemon_options *opts)
 	struct event *signals[3] = { NULL };
 	static const int sigs[3] = { SIGTERM, SIGINT, SIGHUP };
 	int exit_code = 1;
-	char err[512], scratch[4096] = "";
+	char err[1024], scratch[4096] = "";
 
 	signal(SIGPIPE, SIG_IGN);
 	event_set_log_callback(log_libevent);

@@ -420,7 +420,14 @@ static int quick_check(struct store *st, const char *path, char *err, size_t err
 	int rc = sqlite3_step(s);
 	const char *first = rc == SQLITE_ROW ? (const char *)sqlite3_column_text(s, 0) : sqlite3_errmsg(st->db);
 	if (rc != SQLITE_ROW || !first || strcmp(first, "ok") != 0) {
-		snprintf(err, err_size, "state database %s is damaged (%s): %s", path, first ? first : "?", STORE_RECOVERY);
+		/* SQLite's report spans lines: one line of it, shortened. */
+		char detail[160];
+		size_t n = 0;
+		for (const char *p = first ? first : "?"; *p && n + 1 < sizeof(detail); p++)
+			if (*p != '*' || n) /* "*** in database main ***" leads it */
+				detail[n++] = *p == '\n' ? ' ' : *p;
+		detail[n] = '\0';
+		snprintf(err, err_size, "state database %s is damaged; %s (quick_check: %s)", path, STORE_RECOVERY, detail);
 		r = -EUCLEAN;
 	}
 	sqlite3_finalize(s);
