@@ -695,7 +695,7 @@ int daemon_run(struct config *cfg, const struct daemon_options *opts)
 		 * every staged change and the mirror of what Target holds. */
 		log_err("msg=\"a new, empty state database was created where one existed before; every staged change it "
 			"held is lost, and everything is sent again as sources are read\" path=\"%s\"", db_path);
-		snprintf(d.last_error, sizeof(d.last_error), "the state database %s was missing and has been created anew: "
+		snprintf(d.last_error, sizeof(d.last_error), "the state database %.512s was missing and has been created anew: "
 			 "staged changes it held are lost (restore a backup if you have one)", db_path);
 	}
 	d.base = event_base_new();
