@@ -80,6 +80,7 @@ static const struct key_desc batch_keys[] = {
 	{ .name = "max_rows", .type = K_INT, .offset = C(batch.max_rows), .min = 1, .max = TARGET_MAX_ROWS, .def = "500000" },
 	{ .name = "max_bytes", .type = K_SIZE, .offset = C(batch.max_bytes), .min = 262144, .max = TARGET_MAX_BYTES - 1, .def = "49000000" },
 	{ .name = "linger", .type = K_DURATION, .offset = C(batch.linger_ms), .min = 0, .max = DAY, .def = "5s" },
+	{ .name = "max_wait", .type = K_DURATION, .offset = C(batch.max_wait_ms), .min = 0, .max = DAY, .def = "1m" },
 	{ .name = "max_in_flight", .type = K_INT, .offset = C(batch.max_in_flight), .min = 1, .max = 16, .def = "2" },
 	{ .name = "rows", .type = K_ENUM, .offset = C(batch.rows), .def = "full_profile", .choices = rows_modes },
 	{ .name = NULL }

@@ -73,7 +73,8 @@ struct config {
 	struct {
 		int64_t max_rows;
 		int64_t max_bytes;
-		int64_t linger_ms;
+		int64_t linger_ms;   /* quiet time after the newest change before a batch that is not full is cut */
+		int64_t max_wait_ms; /* the longest a change waits for a batch to fill */
 		int64_t max_in_flight;
 		enum rows_mode rows;
 	} batch;

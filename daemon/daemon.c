@@ -236,7 +236,19 @@ static void on_batch_moved(void *arg)
 
 static const struct ingest_listener ingest_listener = { .progress = on_rows_staged };
 static const struct source_listener source_listener = { .progress = on_rows_staged };
-static const struct sender_listener sender_listener = { .progress = on_batch_moved };
+/* A file or a database read is under way: the sender waits for full batches. */
+static bool is_reading(void *arg)
+{
+	struct daemon *d = arg;
+	if (!ingest_is_idle(d->ingest))
+		return true;
+	for (size_t i = 0; i < d->n_sources; i++)
+		if (!source_is_caught_up(d->sources[i]))
+			return true;
+	return false;
+}
+
+static const struct sender_listener sender_listener = { .progress = on_batch_moved, .is_reading = is_reading };
 
 /* systemd's STATUS= line, refreshed by a timer (counting the queue is not free,
  * so it is never done per slice), and only when systemd listens. */

@@ -1,14 +1,22 @@
 /* SPDX-License-Identifier: MIT */
-/* The delivery queue: the one owner of the batches, batch_rows, sends and
- * echoes tables, and of moving a profile's values from pending to in flight to
- * accepted (the mirror). Every step of a batch is its own committed
+/* The delivery queue: the one owner of the batches, sends and echoes tables,
+ * and of moving a profile's values from pending to in flight to accepted (the
+ * mirror). A batch is cut as a range of pending_seq (see struct store), so
+ * that cutting it writes no profile row; its values stay in flight until
+ * Target has finished it, then they are the mirror (folded into accepted in
+ * the background, queue_fold). Every step of a batch is its own committed
  * transaction, so what the sender acts on is always durable first:
  *
  *   queue_build ........ pending profiles become a ready batch (values in flight)
  *   queue_mark_posting . before its request leaves (after a crash: recovered)
- *   queue_accept ....... Target said success=true: values become the mirror
- *   queue_complete ..... its final status; or queue_requeue_stuck, queue_retry,
+ *   queue_accept ....... Target said success=true: awaiting its status
+ *   queue_complete ..... its final status: the values that went through are
+ *                        the mirror; or queue_requeue_stuck, queue_retry,
  *                        queue_split, queue_kill (dead letters), queue_poll_again
+ *
+ * A profile is in at most one batch that Target has not finished; a change
+ * that comes meanwhile waits for it ("parked"), so batches never overtake one
+ * another for a profile, whatever order Target processes them in.
  *
  * Functions return 0 (or an id or count) on success and a negative errno on
  * failure: -EIO for a database error (noted, see store_error; the transaction
@@ -48,13 +56,38 @@ int64_t queue_oldest_unbatched(struct queue *q);
  * none), for the rolling rows-per-day budget. */
 int queue_rows_sent(struct queue *q, int64_t since, int64_t *rows, int64_t *oldest);
 
-/* Builds the next ready batch from pending profiles that are in no unanswered
- * request, oldest first, with at most min(max_rows, cfg->batch.max_rows) rows
- * and an encoded body of at most cfg->batch.max_bytes (computed exactly); the
- * profiles' values move from pending to in flight in the same transaction. A
- * profile whose row alone is too large is dead-lettered. Returns the batch id,
- * 0 when nothing is pending, or a negative errno. */
-int64_t queue_build(struct queue *q, const struct config *cfg, int64_t max_rows);
+/* How queue_build cuts. */
+struct queue_build_opts {
+	int64_t max_rows;  /* at most this many rows (and cfg->batch.max_rows) */
+	bool only_if_full; /* cut nothing unless the batch is full */
+	int body_fd;       /* >= 0: the body is written here, from its offset, while the rows are chosen */
+};
+/* What it cut. */
+struct queue_cut {
+	int64_t id;    /* the batch; 0: none */
+	int64_t rows;  /* its rows; with none cut, the rows that could go now */
+	int64_t bytes; /* its body's exact size; with none cut, that of those rows */
+	bool is_full;  /* it holds as many rows or bytes as a batch may */
+	bool has_body; /* its whole body is in body_fd (else see queue_write_body) */
+};
+/* Cuts the next ready batch from queued profiles, oldest change first, up to
+ * the hold (a snapshot being read is not sent until it is known whole), with
+ * at most min(o->max_rows, cfg->batch.max_rows) rows and an encoded body of at
+ * most cfg->batch.max_bytes (computed exactly). A profile whose row alone is
+ * too large is dead-lettered; one parked behind a batch Target has not
+ * finished waits. In one transaction, which writes no profile row: the batch
+ * is the range of their pending_seq. When the rows share the first one's
+ * attributes (or a subset), the body is written to o->body_fd on the way
+ * (cut->has_body). Returns 0 with *cut filled (cut->id 0: nothing queued, or
+ * not full with o->only_if_full), or a negative errno (-ENOSPC and such: the
+ * body's write failed). */
+int queue_build(struct queue *q, const struct config *cfg, const struct queue_build_opts *o, struct queue_cut *cut);
+
+/* Folds up to max_rows values of complete batches into accepted (the mirror
+ * is the same before and after: this only keeps the state database's
+ * pending index small). *is_more says whether there is more to fold. Returns
+ * 0 or a negative errno. */
+int queue_fold(struct queue *q, int64_t max_rows, bool *is_more);
 
 /* Writes the request body of batch id to fd at its offset (see body_writer.h).
  * Returns the bytes written, or a negative errno (-ENOSPC, -EBADF, ...: the
@@ -79,9 +112,9 @@ struct queue_batch {
 /* Fills *b for batch id. Returns 0, -ENOENT, or -EIO. */
 int queue_get(struct queue *q, int64_t id, struct queue_batch *b);
 
-/* Target accepted batch id: its values become the mirror. With a status URL
- * it waits for its status (first poll at next_poll_at); without one it is
- * complete. target_batch_id may be NULL. */
+/* Target accepted batch id for processing. With a status URL it waits for
+ * its status (first poll at next_poll_at); without one it is complete and its
+ * values are the mirror. target_batch_id may be NULL. */
 int queue_accept(struct queue *q, int64_t id, const char *status_url, const char *target_batch_id,
 		 int64_t next_poll_at);
 
@@ -125,12 +158,12 @@ struct queue_row_results {
 /* Hands each failed row's profile id to sink (as target_parse_status_fd
  * does); returns 0, or sink's or its own negative errno. */
 typedef int queue_feed_fn(void *arg, int (*sink)(void *sink_arg, const char *profile, size_t len), void *sink_arg);
-/* Completes batch id in one transaction. feed (may be NULL) names the rows
- * Target reported failed: each one's values leave the mirror (it must never
- * hold a value Target reported failed) and its profile's latest values are
- * queued again, or after max_failures failures in a row for that profile
- * become dead letters. A profile whose row went through starts counting
- * anew. *res says what became of them. */
+/* Completes batch id in one transaction: its values are the mirror, except
+ * those of the rows feed (may be NULL) names as failed, which never are:
+ * each one's values are queued again (at the queue's end), or after
+ * max_failures failures in a row for that profile become dead letters. A
+ * profile whose row went through starts counting anew. *res says what became
+ * of them. */
 int queue_complete(struct queue *q, int64_t id, const struct queue_counts_at_target *c, int64_t max_failures,
 		   queue_feed_fn *feed, void *arg, struct queue_row_results *res);
 
@@ -139,9 +172,8 @@ int queue_complete(struct queue *q, int64_t id, const struct queue_counts_at_tar
 int queue_poll_again(struct queue *q, int64_t id, int64_t next_at, const char *why);
 
 /* Batch id's status can no longer be had (Target forgot it, or it is older
- * than target.status_ttl): it is marked unconfirmed with why, and its
- * profiles' latest values are queued again rather than assumed delivered.
- * *profiles counts them. */
+ * than target.status_ttl): it is marked unconfirmed with why, and its values
+ * are queued again rather than assumed delivered. *profiles counts them. */
 int queue_unconfirm(struct queue *q, int64_t id, const char *why, int64_t *profiles);
 
 /* Target reported batch id stuck: the latest values of its changed attributes
@@ -160,7 +192,8 @@ int queue_retry_dead(struct queue *q, const int64_t *ids, size_t n, int64_t *cou
 
 /* The queue at a glance. */
 struct queue_counts {
-	int64_t pending_profiles;
+	int64_t pending_profiles;  /* queued, parked or held: in no batch yet */
+	int64_t in_flight_profiles; /* in batches Target has not finished */
 	int64_t oldest_pending_at; /* 0: none */
 	int64_t batches[BATCH_STATE_COUNT];
 	int64_t echoes;

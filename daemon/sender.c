@@ -520,47 +520,88 @@ static int transfer_start(struct sender *s, struct transfer *t)
 	return 0;
 }
 
-static int write_dry_run(struct sender *s, int64_t id)
+/* A batch's body as the sender has it: written while the batch was cut, or
+ * not yet (queue_write_body). */
+struct body {
+	FILE *f;      /* NULL: none yet */
+	int64_t size; /* > 0: f holds the whole body */
+	char path[4096]; /* a dry run's file */
+};
+
+/* Where the next body goes: a temporary file, or a dry run's batch file. */
+static int body_open(struct sender *s, struct body *b)
 {
-	char path[4096];
-	snprintf(path, sizeof(path), "%s/batch-%06llu.csv", s->opts.dry_run_dir, (unsigned long long)++s->dry_run_seq);
-	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	if (fd < 0) {
+	b->size = 0;
+	b->path[0] = '\0';
+	if (!s->opts.dry_run_dir) {
+		b->f = tmpfile();
+		return b->f ? 0 : -errno;
+	}
+	snprintf(b->path, sizeof(b->path), "%s/batch-%06llu.csv", s->opts.dry_run_dir,
+		 (unsigned long long)s->dry_run_seq + 1);
+	int fd = open(b->path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0 || !(b->f = fdopen(fd, "w+"))) {
 		int e = errno;
-		log_err("msg=\"cannot write dry-run batch\" path=\"%s\" error=\"%s\"", path, strerror(e));
+		if (fd >= 0)
+			close(fd);
+		log_err("msg=\"cannot write dry-run batch\" path=\"%s\" error=\"%s\"", b->path, strerror(e));
 		return -e;
 	}
-	int64_t n = queue_write_body(s->q, s->cfg, id, fd);
-	if (close(fd) != 0 && n >= 0)
-		n = -errno;
-	if (n < 0) {
-		log_err("msg=\"cannot write dry-run batch\" path=\"%s\" error=\"%s\"", path, strerror((int)-n));
-		return (int)n;
-	}
-	/* Marked delivered in the (scratch) state so the next batch can follow. */
-	accept_batch(s, id, NULL);
-	log_info("msg=\"dry run: batch written instead of sent\" batch=%lld path=\"%s\" bytes=%lld", (long long)id,
-		 path, (long long)n);
 	return 0;
 }
 
-static int start_submit(struct sender *s, int64_t id)
+/* Makes sure b holds batch id's whole body, from its start. Returns 0 or a
+ * negative errno (logged for a dry run). */
+static int body_fill(struct sender *s, int64_t id, struct body *b)
+{
+	if (!b->f) {
+		int r = body_open(s, b);
+		if (r < 0)
+			return r;
+	}
+	if (b->size == 0) {
+		if (ftruncate(fileno(b->f), 0) != 0 || lseek(fileno(b->f), 0, SEEK_SET) != 0)
+			return -errno;
+		b->size = queue_write_body(s->q, s->cfg, id, fileno(b->f));
+	}
+	if (b->size >= 0 && fseeko(b->f, 0, SEEK_SET) != 0)
+		b->size = -errno;
+	if (b->size < 0 && b->path[0])
+		log_err("msg=\"cannot write dry-run batch\" path=\"%s\" error=\"%s\"", b->path,
+			strerror((int)-b->size));
+	return b->size < 0 ? (int)b->size : 0;
+}
+
+static int write_dry_run(struct sender *s, int64_t id, struct body *b)
+{
+	int r = body_fill(s, id, b);
+	if (b->f && fclose(b->f) != 0 && r == 0)
+		r = -errno;
+	b->f = NULL;
+	if (r < 0)
+		return r;
+	s->dry_run_seq++;
+	/* Marked delivered in the (scratch) state so the next batch can follow. */
+	accept_batch(s, id, NULL);
+	log_info("msg=\"dry run: batch written instead of sent\" batch=%lld path=\"%s\" bytes=%lld", (long long)id,
+		 b->path, (long long)b->size);
+	return 0;
+}
+
+/* Posts batch id with its body b (which passes to the request). */
+static int start_submit(struct sender *s, int64_t id, struct body *b)
 {
 	if (s->opts.dry_run_dir)
-		return write_dry_run(s, id);
+		return write_dry_run(s, id, b);
 	struct transfer *t = transfer_new(s, XFER_SUBMIT, id, s->submit_url);
 	if (!t)
 		return -ENOMEM;
-	int r = -ENOMEM;
-	t->body = tmpfile();
-	if (!t->body)
+	int r = body_fill(s, id, b);
+	t->body = b->f;
+	b->f = NULL;
+	if (r < 0)
 		goto fail;
-	int64_t size = queue_write_body(s->q, s->cfg, id, fileno(t->body));
-	if (size < 0) {
-		r = (int)size;
-		goto fail;
-	}
-	rewind(t->body);
+	int64_t size = b->size;
 	t->call.body = t->body;
 	t->call.body_size = size;
 	t->call.content_type = "application/x-www-form-urlencoded";
@@ -651,24 +692,41 @@ static int64_t run_echoes(struct sender *s, int64_t now)
 	return next;
 }
 
+/* Whether a source is in the middle of a file or a database read: a batch
+ * that is not full then waits (up to batch.max_wait) for the rest. */
+static bool is_reading(struct sender *s)
+{
+	return s->l && s->l->is_reading && s->l->is_reading(s->arg);
+}
+
 /* Picks the next batch to submit: a ready one that is due, or a new one cut
- * from pending changes once batch.linger has passed. Returns its id, 0 for
- * none (with *wake moved to when there may be one), or -EIO. */
-static int64_t next_batch(struct sender *s, int64_t now, int64_t *wake)
+ * from queued changes (see batch_rule). Returns its id (with its body in b
+ * when it was written on the way), 0 for none (with *wake moved to when there
+ * may be one), or -EIO. */
+static int64_t next_batch(struct sender *s, int64_t now, int64_t *wake, struct body *b)
 {
 	const struct config *cfg = s->cfg;
+	const struct store *st = s->st;
 	int64_t next_at = 0;
 	int64_t id = queue_next_ready(s->q, now, &next_at);
 	if (id)
 		return id;
 	take_earlier(wake, next_at);
+	/* The batch-cutting rule: at once when it is full; else once no change
+	 * has come for batch.linger and no source is mid-read (at once in --once
+	 * mode), or when the oldest change has waited batch.max_wait. */
 	int64_t since = queue_oldest_unbatched(s->q);
 	if (!since)
 		return 0;
-	if (!s->is_flush && now < since + cfg->batch.linger_ms && !s->opts.is_once) {
-		take_earlier(wake, since + cfg->batch.linger_ms);
+	bool reading = is_reading(s);
+	int64_t quiet_at = st->staged.newest_at + cfg->batch.linger_ms, bound_at = since + cfg->batch.max_wait_ms;
+	bool is_due = s->is_flush || now >= bound_at || (!reading && (s->opts.is_once || now >= quiet_at));
+	bool may_be_full = st->staged.rows >= cfg->batch.max_rows || st->staged.bytes >= cfg->batch.max_bytes;
+	take_earlier(wake, bound_at);
+	if (!s->opts.is_once)
+		take_earlier(wake, reading ? now + cfg->batch.linger_ms : quiet_at);
+	if (!is_due && !may_be_full)
 		return 0;
-	}
 	int64_t budget = cfg->batch.max_rows;
 	if (cfg->limits.rows_per_day > 0) {
 		int64_t sent_today = 0, oldest = now;
@@ -683,27 +741,57 @@ static int64_t next_batch(struct sender *s, int64_t now, int64_t *wake)
 			return 0;
 		}
 	}
-	id = queue_build(s->q, cfg, budget);
-	if (id < 0) {
-		db_failed(s, "building a batch");
+	int r = body_open(s, b);
+	if (r < 0) {
+		log_err("msg=\"cannot open a batch body file\" error=\"%s\"", strerror(-r));
 		return -EIO;
 	}
-	if (id == 0)
-		s->is_flush = false;
-	else
-		log_debug("msg=\"batch built\" batch=%lld", (long long)id);
-	return id;
+	struct queue_build_opts o = { .max_rows = budget, .only_if_full = !is_due, .body_fd = fileno(b->f) };
+	struct queue_cut cut;
+	r = queue_build(s->q, cfg, &o, &cut);
+	if (r < 0) {
+		if (r == -EIO)
+			db_failed(s, "building a batch");
+		else
+			log_err("msg=\"cannot build a batch\" error=\"%s\"", strerror(-r));
+		return -EIO;
+	}
+	if (cut.id == 0) {
+		if (is_due)
+			s->is_flush = false;
+		return 0;
+	}
+	b->size = cut.has_body ? cut.bytes : 0;
+	log_debug("msg=\"batch cut\" batch=%lld rows=%lld bytes=%lld full=%s body=%s", (long long)cut.id,
+		  (long long)cut.rows, (long long)cut.bytes, cut.is_full ? "yes" : "no", cut.has_body ? "written" : "later");
+	return cut.id;
 }
 
 struct poll_round {
 	struct sender *s;
 	int64_t now;
 	int64_t *wake;
+	bool is_submission_waiting; /* a submission waits for the call budget */
 };
 
-/* For each batch whose status poll is due: start it, within both budgets
- * (polls may use only limits.poll_calls_per_minute of the calls, so they
- * never starve submissions); a batch past target.status_ttl is unconfirmed. */
+/* Whether a poll may take a call now: within limits.poll_calls_per_minute
+ * always; beyond it only with calls no submission is waiting for, and
+ * leaving batch.max_in_flight calls free for the next ones (a batch's
+ * profiles cannot go again until its status is known, so an unused call is
+ * better spent on a poll). */
+static bool poll_may_call(struct sender *s, const struct poll_round *p, int64_t *free_at)
+{
+	if (!callrate_may_call(&s->calls, p->now, free_at))
+		return false;
+	if (callrate_may_call(&s->poll_calls, p->now, free_at))
+		return true;
+	size_t spare_upto = (size_t)(s->cfg->limits.calls_per_minute - s->cfg->batch.max_in_flight);
+	return !p->is_submission_waiting && s->cfg->limits.calls_per_minute > s->cfg->batch.max_in_flight &&
+	       callrate_used(&s->calls, p->now) < spare_upto;
+}
+
+/* For each batch whose status poll is due: start it, within the budget
+ * (poll_may_call); a batch past target.status_ttl is unconfirmed. */
 static bool poll_one(void *arg, int64_t id, const char *status_url, int64_t answered_at)
 {
 	struct poll_round *p = arg;
@@ -718,7 +806,7 @@ static bool poll_one(void *arg, int64_t id, const char *status_url, int64_t answ
 	}
 	if (s->n_polls >= MAX_POLLS_IN_FLIGHT)
 		return false;
-	if (!callrate_may_call(&s->calls, p->now, &free_at) || !callrate_may_call(&s->poll_calls, p->now, &free_at)) {
+	if (!poll_may_call(s, p, &free_at)) {
 		if (!s->blocked[0])
 			set_blocked(s, "limits.calls_per_minute", free_at);
 		take_earlier(p->wake, free_at);
@@ -769,18 +857,27 @@ static void pump(struct sender *s)
 			take_earlier(&wake, s->auth_probe_at);
 		}
 	}
+	bool is_submission_waiting = false;
 	while (may_submit && s->n_submits < max_submits) {
 		if (!callrate_may_call(&s->calls, now, &free_at)) {
+			is_submission_waiting = queue_next_ready(s->q, now, &free_at) > 0 || queue_oldest_unbatched(s->q) > 0;
+			callrate_may_call(&s->calls, now, &free_at);
 			set_blocked(s, "limits.calls_per_minute", free_at);
 			take_earlier(&wake, free_at);
 			break;
 		}
-		int64_t id = next_batch(s, now, &wake);
+		struct body b = { 0 };
+		int64_t id = next_batch(s, now, &wake, &b);
 		if (id < 0)
 			take_earlier(&wake, now + 1000);
+		int r = id > 0 ? start_submit(s, id, &b) : 0;
+		if (b.f) {
+			fclose(b.f);
+			if (b.path[0])
+				unlink(b.path);
+		}
 		if (id <= 0)
 			break;
-		int r = start_submit(s, id);
 		if (r < 0) {
 			log_err("msg=\"cannot start request\" batch=%lld error=\"%s\"", (long long)id, strerror(-r));
 			take_earlier(&wake, now + 1000);
@@ -789,7 +886,7 @@ static void pump(struct sender *s)
 	}
 
 	/* Status polls share the call budget but never hold submissions back. */
-	struct poll_round round = { .s = s, .now = now, .wake = &wake };
+	struct poll_round round = { .s = s, .now = now, .wake = &wake, .is_submission_waiting = is_submission_waiting };
 	int64_t next_poll = 0;
 	if (!is_throttled && queue_due_polls(s->q, now, poll_one, &round, &next_poll) < 0)
 		db_failed(s, "polling");

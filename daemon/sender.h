@@ -19,12 +19,15 @@ struct sender;
 
 struct sender_options {
 	const char *dry_run_dir; /* --dry-run: write each body to DIR instead of sending it */
-	bool is_once;            /* --once: cut batches without waiting for batch.linger */
+	bool is_once;            /* --once: cut batches without waiting for batch.linger (still for a full one mid-read) */
 };
 
 struct sender_listener {
 	/* A batch moved on (answered, complete, dead): --once may be done. */
 	void (*progress)(void *arg);
+	/* Whether a source is in the middle of a file or a database read (may be
+	 * NULL: never); a batch that is not full waits for the rest. */
+	bool (*is_reading)(void *arg);
 };
 
 /* Creates the sender on base over queue q (st is q's store, for its error

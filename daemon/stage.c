@@ -16,6 +16,11 @@ void stage_init(struct stage *sg, struct store *st)
 	attrset_init(&sg->inflight);
 	attrset_init(&sg->pending);
 	buf_init(&sg->blob);
+	buf_init(&sg->moved_blob);
+	sg->moved_to = 0;
+	sg->is_folded = sg->was_queued = false;
+	sg->hold_base = sg->hold_next = 0;
+	sg->held_rows = sg->held_bytes = 0;
 }
 
 void stage_finish(struct stage *sg)
@@ -24,21 +29,29 @@ void stage_finish(struct stage *sg)
 	attrset_finish(&sg->inflight);
 	attrset_finish(&sg->pending);
 	buf_finish(&sg->blob);
+	buf_finish(&sg->moved_blob);
 }
 
-static const char SQL_LOOKUP[] =
-	"SELECT accepted, inflight, pending, source, pending_seq, pending_since FROM profiles WHERE id = ?";
+static const char SQL_LOOKUP[] = "SELECT accepted, inflight, pending, source, pending_seq, pending_since, inflight_batch"
+				 " FROM profiles WHERE id = ?";
 static const char SQL_INSERT[] =
 	"INSERT INTO profiles (id, pending, pending_seq, pending_since, source) VALUES (?1, ?2, ?3, ?4, ?5)";
+/* The common case: queued changes (the row's pending set, if any, was queued
+ * too and keeps its place). */
 static const char SQL_SET_PENDING[] =
 	"UPDATE profiles SET pending = ?2, pending_seq = coalesce(pending_seq, ?3),"
 	" pending_since = coalesce(pending_since, ?4), source = coalesce(?5, source) WHERE id = ?1";
-/* Held: the profile moves to the held range, whatever its place before. */
-static const char SQL_SET_PENDING_HELD[] =
-	"UPDATE profiles SET pending = ?2, pending_seq = ?3,"
-	" pending_since = coalesce(pending_since, ?4), source = coalesce(?5, source) WHERE id = ?1";
+/* Held, or the row's pending set was not queued (see classify): the profile
+ * takes a new place. */
+static const char SQL_SET_PENDING_AT[] =
+	"UPDATE profiles SET pending = ?2, pending_seq = ?3, pending_since = ?4, source = coalesce(?5, source)"
+	" WHERE id = ?1";
 static const char SQL_CLEAR_PENDING[] =
 	"UPDATE profiles SET pending = NULL, pending_seq = NULL, pending_since = NULL WHERE id = ?1";
+/* The row's pending set becomes its batch's in-flight values. */
+static const char SQL_MOVE_TO_INFLIGHT[] = "UPDATE profiles SET inflight = ?2, inflight_batch = ?3 WHERE id = ?1";
+/* The row's pending set was accepted: it goes into accepted. */
+static const char SQL_FOLD[] = "UPDATE profiles SET accepted = ?2 WHERE id = ?1";
 
 static int decode_col(sqlite3_stmt *s, int col, struct attrset *set)
 {
@@ -50,8 +63,42 @@ static int decode_col(sqlite3_stmt *s, int col, struct attrset *set)
 	return attrset_decode(set, blob, (size_t)sqlite3_column_bytes(s, col));
 }
 
-/* Reads the profile's three sets. Returns 1 if the profile exists, 0 if not; the
- * statement stays positioned (the sets point into it) until done_lookup(). */
+/* What the row's pending column holds, when it is not the queued changes (see
+ * store.h): with no inflight_batch and a pending_seq at or below
+ * batched_upto, the values of a batch in flight (they become its inflight
+ * values once anything changes, and the profile takes a new place in the
+ * queue) or, when no batch in flight has that pending_seq, accepted values
+ * (they are folded into accepted). Returns 0 or -ENOMEM. */
+static int classify(struct stage *sg, sqlite3_stmt *s)
+{
+	sg->moved_to = 0;
+	sg->is_folded = false;
+	sg->was_queued = false;
+	if (sqlite3_column_type(s, 2) == SQLITE_NULL)
+		return 0;
+	int64_t seq = sqlite3_column_int64(s, 4);
+	if (sqlite3_column_type(s, 6) != SQLITE_NULL || seq > sg->st->batched_upto) {
+		sg->was_queued = true;
+		return 0;
+	}
+	int64_t batch = seq_ranges_find(&sg->st->in_flight, seq);
+	if (batch) {
+		struct attrset t = sg->inflight; /* empty: no inflight_batch */
+		sg->inflight = sg->pending;
+		sg->pending = t;
+		attrset_clear(&sg->pending);
+		sg->moved_to = batch;
+		return 0;
+	}
+	sg->is_folded = true;
+	int r = attrset_overlay(&sg->accepted, &sg->pending);
+	attrset_clear(&sg->pending);
+	return r;
+}
+
+/* Reads the profile's three sets as they are meant (classify). Returns 1 if
+ * the profile exists, 0 if not; the statement stays positioned (the sets point
+ * into it) until the caller resets it. */
 static int lookup(struct stage *sg, const char *profile, size_t len, sqlite3_stmt **out)
 {
 	sqlite3_stmt *s = store_stmt(sg->st, SQL_LOOKUP);
@@ -59,6 +106,9 @@ static int lookup(struct stage *sg, const char *profile, size_t len, sqlite3_stm
 		return -EIO;
 	sqlite3_bind_text(s, 1, profile, (int)len, SQLITE_STATIC);
 	*out = s;
+	sg->moved_to = 0;
+	sg->is_folded = false;
+	sg->was_queued = false;
 	int rc = sqlite3_step(s);
 	if (rc == SQLITE_DONE) {
 		attrset_clear(&sg->accepted);
@@ -71,34 +121,81 @@ static int lookup(struct stage *sg, const char *profile, size_t len, sqlite3_stm
 	if (decode_col(s, 0, &sg->accepted) < 0 || decode_col(s, 1, &sg->inflight) < 0 ||
 	    decode_col(s, 2, &sg->pending) < 0)
 		return -EINVAL;
-	return 1;
+	return classify(sg, s) < 0 ? -ENOMEM : 1;
 }
 
-/* Writes the profile's pending set (from sg->pending) back. */
-static int store_pending(struct stage *sg, const char *profile, size_t len, bool exists, const char *source)
+/* Encodes what must be written of the looked-up row into sg's blobs, before
+ * the lookup is reset (the sets point into it). Returns 0 or -ENOMEM. */
+static int encode_sets(struct stage *sg)
 {
-	sqlite3_stmt *s;
-	if (sg->pending.n == 0) {
-		if (!exists)
-			return 0;
-		s = store_stmt(sg->st, SQL_CLEAR_PENDING);
-		if (!s)
-			return -EIO;
-		sqlite3_bind_text(s, 1, profile, (int)len, SQLITE_STATIC);
-	} else {
-		s = store_stmt(sg->st, !exists ? SQL_INSERT : sg->hold_base ? SQL_SET_PENDING_HELD : SQL_SET_PENDING);
-		if (!s)
-			return -EIO;
-		sqlite3_bind_text(s, 1, profile, (int)len, SQLITE_STATIC);
-		sqlite3_bind_blob(s, 2, sg->blob.data, (int)sg->blob.len, SQLITE_STATIC);
-		sqlite3_bind_int64(s, 3, sg->hold_base ? sg->hold_next++ : sg->st->next_seq++);
-		sqlite3_bind_int64(s, 4, clock_wall_ms());
-		if (source)
-			sqlite3_bind_text(s, 5, source, -1, SQLITE_STATIC);
-	}
+	buf_reset(&sg->blob);
+	buf_reset(&sg->moved_blob);
+	int r = attrset_encode(&sg->pending, &sg->blob);
+	if (r == 0 && sg->moved_to)
+		r = attrset_encode(&sg->inflight, &sg->moved_blob);
+	else if (r == 0 && sg->is_folded)
+		r = attrset_encode(&sg->accepted, &sg->moved_blob);
+	return r;
+}
+
+static int step_done(sqlite3_stmt *s)
+{
 	int rc = sqlite3_step(s);
 	sqlite3_reset(s);
 	return rc == SQLITE_DONE ? 0 : -EIO;
+}
+
+/* Writes the profile's sets back: the pending set from sg->blob, and what
+ * classify found (sg->moved_blob). Counts a profile newly queued in
+ * st->staged (or in the hold's count). */
+static int store_pending(struct stage *sg, const char *profile, size_t len, bool exists, const char *source)
+{
+	struct store *st = sg->st;
+	sqlite3_stmt *s;
+	if (sg->moved_to || sg->is_folded) {
+		s = store_stmt(st, sg->moved_to ? SQL_MOVE_TO_INFLIGHT : SQL_FOLD);
+		if (!s)
+			return -EIO;
+		sqlite3_bind_text(s, 1, profile, (int)len, SQLITE_STATIC);
+		sqlite3_bind_blob(s, 2, sg->moved_blob.data ? sg->moved_blob.data : "", (int)sg->moved_blob.len,
+				  SQLITE_STATIC);
+		if (sg->moved_to)
+			sqlite3_bind_int64(s, 3, sg->moved_to);
+		if (step_done(s) < 0)
+			return -EIO;
+	}
+	if (sg->pending.n == 0) {
+		if (!exists || (!sg->was_queued && !sg->moved_to && !sg->is_folded))
+			return 0;
+		s = store_stmt(st, SQL_CLEAR_PENDING);
+		if (!s)
+			return -EIO;
+		sqlite3_bind_text(s, 1, profile, (int)len, SQLITE_STATIC);
+		return step_done(s);
+	}
+	bool keeps_place = exists && sg->was_queued && !sg->hold_base;
+	s = store_stmt(st, !exists ? SQL_INSERT : keeps_place ? SQL_SET_PENDING : SQL_SET_PENDING_AT);
+	if (!s)
+		return -EIO;
+	sqlite3_bind_text(s, 1, profile, (int)len, SQLITE_STATIC);
+	sqlite3_bind_blob(s, 2, sg->blob.data, (int)sg->blob.len, SQLITE_STATIC);
+	sqlite3_bind_int64(s, 3, sg->hold_base ? sg->hold_next++ : st->next_seq++);
+	int64_t now = clock_wall_ms();
+	sqlite3_bind_int64(s, 4, now);
+	if (source)
+		sqlite3_bind_text(s, 5, source, -1, SQLITE_STATIC);
+	if (step_done(s) < 0)
+		return -EIO;
+	int64_t rows = sg->was_queued ? 0 : 1, bytes = (int64_t)(sg->blob.len + len);
+	if (sg->hold_base) {
+		sg->held_rows += rows;
+		sg->held_bytes += bytes;
+	} else {
+		st->staged.rows += rows;
+		st->staged.bytes += bytes;
+	}
+	st->staged.newest_at = now;
+	return 0;
 }
 
 /* Size of the profile as Target would hold it: accepted, overlaid by in-flight,
@@ -177,19 +274,18 @@ int stage_profile(struct stage *sg, const char *profile, size_t profile_len,
 		r = -E2BIG;
 		goto reset;
 	}
-	/* Held, and the profile had a pending set from before the hold: keep it,
-	 * so that undoing the hold gives it back (the row still holds it). */
-	if (sg->hold_base && exists == 1 && sqlite3_column_type(s, 2) != SQLITE_NULL &&
-	    sqlite3_column_int64(s, 4) < sg->hold_base &&
+	/* Held, and the profile had changes queued from before the hold: keep
+	 * them, so that undoing the hold gives them back (the row still holds
+	 * them). Values in flight or accepted are kept by the row itself. */
+	if (sg->hold_base && exists == 1 && sg->was_queued && sqlite3_column_int64(s, 4) < sg->hold_base &&
 	    store_run(sg->st, "INSERT OR IGNORE INTO hold_undo (profile, pending, pending_seq, pending_since)"
 			      " VALUES (?, ?, ?, ?)", "sbiz", profile, (int)profile_len, sqlite3_column_blob(s, 2),
 		      sqlite3_column_bytes(s, 2), sqlite3_column_int64(s, 4), sqlite3_column_int64(s, 5)) < 0) {
 		r = -EIO;
 		goto reset;
 	}
-	buf_reset(&sg->blob);
-	r = attrset_encode(&sg->pending, &sg->blob);
 	/* The sets point into the lookup's row: encode before resetting it. */
+	r = encode_sets(sg);
 	sqlite3_reset(s);
 	if (r < 0)
 		return r;
@@ -200,17 +296,13 @@ reset:
 	return r;
 }
 
-static int merge_missing(struct stage *sg, const char *profile, const struct attrset *attrs, bool latest)
+/* Adds to sg->pending, for each attribute of list that is not pending, its
+ * value in list, or with latest the latest value sent (in flight, else
+ * accepted; attributes with neither are skipped). Returns 0 or -ENOMEM. */
+static int merge_list(struct stage *sg, const struct attrset *list, bool latest, bool *changed)
 {
-	sqlite3_stmt *s;
-	size_t len = strlen(profile);
-	int exists = lookup(sg, profile, len, &s);
-	int r = 0;
-	if (exists < 0)
-		goto reset;
-	bool changed = false;
-	for (size_t i = 0; i < attrs->n; i++) {
-		const struct attr_kv *kv = &attrs->kv[i];
+	for (size_t i = 0; i < list->n; i++) {
+		const struct attr_kv *kv = &list->kv[i];
 		if (attrset_get(&sg->pending, kv->id))
 			continue;
 		const struct attr_kv *val = kv;
@@ -221,14 +313,31 @@ static int merge_missing(struct stage *sg, const char *profile, const struct att
 			if (!val)
 				continue;
 		}
-		if ((r = attrset_put(&sg->pending, kv->id, val->val, val->len)) < 0)
-			goto reset;
-		changed = true;
+		if (attrset_put(&sg->pending, kv->id, val->val, val->len) < 0)
+			return -ENOMEM;
+		*changed = true;
 	}
-	if (!changed)
+	return 0;
+}
+
+/* Stages attrs' attributes as merge_list does; attrs NULL (with latest):
+ * every attribute the profile has. */
+static int merge_missing(struct stage *sg, const char *profile, const struct attrset *attrs, bool latest)
+{
+	sqlite3_stmt *s;
+	size_t len = strlen(profile);
+	int exists = lookup(sg, profile, len, &s);
+	int r = 0;
+	if (exists < 0)
 		goto reset;
-	buf_reset(&sg->blob);
-	r = attrset_encode(&sg->pending, &sg->blob);
+	bool changed = false;
+	if (attrs)
+		r = merge_list(sg, attrs, latest, &changed);
+	else if ((r = merge_list(sg, &sg->inflight, true, &changed)) == 0)
+		r = merge_list(sg, &sg->accepted, true, &changed);
+	if (r < 0 || !changed)
+		goto reset;
+	r = encode_sets(sg);
 	sqlite3_reset(s);
 	if (r < 0)
 		return r;
@@ -249,6 +358,20 @@ int stage_restore(struct stage *sg, const char *profile, const struct attrset *v
 	return merge_missing(sg, profile, values, false);
 }
 
+int stage_refresh_all(struct stage *sg, const char *profile)
+{
+	return merge_missing(sg, profile, NULL, true);
+}
+
+int stage_in_flight(struct stage *sg, const char *profile, size_t len)
+{
+	sqlite3_stmt *s;
+	int exists = lookup(sg, profile, len, &s);
+	int r = exists < 0 ? exists : exists && (sg->moved_to || sg->inflight.n > 0);
+	sqlite3_reset(s);
+	return r;
+}
+
 void stage_hold(struct stage *sg, int64_t base)
 {
 	sg->hold_base = sg->hold_next = base;
@@ -259,6 +382,9 @@ int stage_release(struct stage *sg)
 	if (sg->hold_next > sg->st->next_seq)
 		sg->st->next_seq = sg->hold_next; /* later changes come after the released ones */
 	sg->hold_base = sg->hold_next = 0;
+	sg->st->staged.rows += sg->held_rows;
+	sg->st->staged.bytes += sg->held_bytes;
+	sg->held_rows = sg->held_bytes = 0;
 	return store_run(sg->st, "DELETE FROM hold_undo", "");
 }
 
@@ -270,17 +396,64 @@ int stage_undo_hold(struct store *st, int64_t base)
 		" AND inflight IS NULL AND id NOT IN (SELECT profile FROM hold_undo)",
 		"UPDATE profiles SET pending = NULL, pending_seq = NULL, pending_since = NULL"
 		" WHERE pending IS NOT NULL AND pending_seq >= ?1",
-		"UPDATE profiles SET pending = u.pending, pending_seq = u.pending_seq, pending_since = u.pending_since"
-		" FROM hold_undo u WHERE u.profile = profiles.id",
+		"UPDATE profiles SET pending = u.pending, pending_seq = ?2 + u.n, pending_since = u.pending_since"
+		" FROM (SELECT profile, pending, pending_since, row_number() OVER (ORDER BY pending_seq) AS n"
+		" FROM hold_undo) u WHERE u.profile = profiles.id",
 		"DELETE FROM hold_undo",
 	};
+	int64_t n = store_int(st, "SELECT count(*) FROM hold_undo", -1, "");
+	if (n < 0)
+		return -EIO;
 	for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++)
-		if (store_run(st, steps[i], "i", base) < 0)
+		if (store_run(st, steps[i], "ii", base, st->next_seq) < 0)
 			return -EIO;
+	st->next_seq += n + 1;
 	return 0;
 }
 
 int64_t stage_source_profiles(struct store *st, const char *source)
 {
 	return store_int(st, "SELECT count(*) FROM profiles WHERE source = ?", -1, "t", source);
+}
+
+void stage_view_init(struct stage_view *v)
+{
+	attrset_init(&v->accepted);
+	attrset_init(&v->inflight);
+	attrset_init(&v->pending);
+	for (int i = 0; i < 3; i++)
+		buf_init(&v->mem[i]);
+	v->batch = 0;
+}
+
+void stage_view_finish(struct stage_view *v)
+{
+	attrset_finish(&v->accepted);
+	attrset_finish(&v->inflight);
+	attrset_finish(&v->pending);
+	for (int i = 0; i < 3; i++)
+		buf_finish(&v->mem[i]);
+}
+
+int stage_read(struct stage *sg, const char *profile, size_t len, struct stage_view *v)
+{
+	sqlite3_stmt *s;
+	int exists = lookup(sg, profile, len, &s);
+	const struct attrset *from[3] = { &sg->accepted, &sg->inflight, &sg->pending };
+	struct attrset *to[3] = { &v->accepted, &v->inflight, &v->pending };
+	int r = exists;
+	v->batch = 0;
+	if (exists == 1)
+		v->batch = sg->moved_to ? sg->moved_to : sqlite3_column_int64(s, 6);
+	for (int i = 0; i < 3 && r >= 0; i++) {
+		buf_reset(&v->mem[i]);
+		attrset_clear(to[i]);
+		if (exists == 1 && attrset_encode(from[i], &v->mem[i]) < 0)
+			r = -ENOMEM;
+	}
+	sqlite3_reset(s);
+	for (int i = 0; exists == 1 && i < 3 && r >= 0; i++)
+		if (attrset_decode(to[i], v->mem[i].data, v->mem[i].len) < 0)
+			r = -EINVAL;
+	return r;
 }

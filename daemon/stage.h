@@ -17,10 +17,17 @@
 
 struct stage {
 	struct store *st;
+	/* The looked-up profile's sets as they are meant (see store.h): pending
+	 * is what is queued, inflight what a batch Target has not finished
+	 * carries, accepted the mirror. */
 	struct attrset accepted, inflight, pending;
-	struct buf blob;
+	int64_t moved_to;  /* the row's pending set is batch moved_to's: written as its inflight */
+	bool is_folded;    /* the row's pending set was accepted: written into accepted */
+	bool was_queued;   /* the row's pending set is queued changes */
+	struct buf blob, moved_blob;
 	int64_t hold_base; /* 0: rows are not held (see stage_hold) */
 	int64_t hold_next; /* the next held pending_seq */
+	int64_t held_rows, held_bytes; /* staged under the hold: counted in st->staged at release */
 };
 
 void stage_init(struct stage *sg, struct store *st);
@@ -28,7 +35,8 @@ void stage_finish(struct stage *sg);
 
 /* Stages incoming (non-empty values, ids from store_attr_id) for profile, inside
  * the caller's transaction. An attribute is staged when its value differs from
- * what Target was last given (the in-flight value if any, else the accepted one);
+ * what Target was last given (the in-flight value if any, else the accepted one:
+ * a batch's values are in flight until Target has finished it);
  * a value that returns to that while still pending cancels the pending change.
  * *was_known (if not NULL) tells whether source staged this profile before.
  * Returns 1 when the profile's pending set changed, 0 when nothing differed,
@@ -50,6 +58,26 @@ const char *stage_refusal(int r);
  * was. Returns 0 or a negative errno. */
 int stage_refresh(struct stage *sg, const char *profile, const struct attrset *ids);
 
+/* stage_refresh for every attribute the profile has (an echo: all its latest
+ * values go to Target again). Returns 0 or a negative errno. */
+int stage_refresh_all(struct stage *sg, const char *profile);
+
+/* Whether profile's values are in a batch Target has not finished: 1 yes, 0
+ * no, or a negative errno. */
+int stage_in_flight(struct stage *sg, const char *profile, size_t len);
+
+/* A profile's sets as they are meant (see struct stage), copied. */
+struct stage_view {
+	struct attrset accepted, inflight, pending;
+	int64_t batch;      /* the batch Target has not finished that carries inflight (0: none) */
+	struct buf mem[3];  /* what the sets point into */
+};
+void stage_view_init(struct stage_view *v);
+void stage_view_finish(struct stage_view *v);
+/* Reads profile into v. Returns 1, 0 when there is no such profile (v's sets
+ * empty), or a negative errno. For tpsyncctl trace and the tests. */
+int stage_read(struct stage *sg, const char *profile, size_t len, struct stage_view *v);
+
 /* Stages values for attributes that are not already pending (a pending value is
  * newer and wins). Used to re-queue dead letters. Returns 0 or a negative errno. */
 int stage_restore(struct stage *sg, const char *profile, const struct attrset *values);
@@ -66,9 +94,10 @@ void stage_hold(struct stage *sg, int64_t base);
  * transaction. Returns 0 or -EIO. */
 int stage_release(struct stage *sg);
 /* Undoes everything staged under the hold that starts at base (a read that
- * was torn, or a crash interrupted): each held profile gets back the pending
- * set it had before, and a profile the hold created is removed. Inside the
- * caller's transaction. Returns 0 or -EIO. */
+ * was torn, or a crash interrupted): each held profile gets back the changes
+ * it had queued before (at the queue's end: batches may have been cut past
+ * their old place meanwhile), and a profile the hold created is removed.
+ * Inside the caller's transaction. Returns 0 or -EIO. */
 int stage_undo_hold(struct store *st, int64_t base);
 
 /* How many profiles source staged last (each profile belongs to the source

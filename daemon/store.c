@@ -286,6 +286,59 @@ static void attrs_v2(sqlite3_context *ctx, int argc, sqlite3_value **argv)
 	buf_finish(&out);
 }
 
+/* Decodes argument i (NULL: the empty set) into set. Returns 0 or -EINVAL. */
+static int arg_set(sqlite3_value **argv, int i, struct attrset *set)
+{
+	if (sqlite3_value_type(argv[i]) == SQLITE_NULL) {
+		attrset_clear(set);
+		return 0;
+	}
+	return attrset_decode(set, sqlite3_value_blob(argv[i]), (size_t)sqlite3_value_bytes(argv[i]));
+}
+
+/* SQL functions over attribute blobs (format 2), which fail their statement
+ * (and so roll its transaction back) on a blob that does not decode:
+ *   tpsync_attrs_overlay(base, top): base with top's values over it;
+ *   tpsync_attrs_merge_latest(pending, inflight, accepted): pending plus,
+ *     for every attribute it lacks, the latest value sent (in flight, else
+ *     accepted): what sends a profile's latest values again.
+ * A NULL blob is the empty set; an empty result is NULL. */
+static void attrs_combine(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+{
+	struct attrset sets[3], out;
+	struct buf blob;
+	int r = 0;
+	for (int i = 0; i < 3; i++)
+		attrset_init(&sets[i]);
+	attrset_init(&out);
+	buf_init(&blob);
+	for (int i = 0; i < argc && r == 0; i++)
+		r = arg_set(argv, i, &sets[i]);
+	if (r == 0 && argc == 2) {
+		r = attrset_overlay(&out, &sets[0]);
+		if (r == 0)
+			r = attrset_overlay(&out, &sets[1]);
+	} else if (r == 0) {
+		/* Oldest first, so that the newer layers win. */
+		for (int i = 2; i >= 0 && r == 0; i--)
+			r = attrset_overlay(&out, &sets[i]);
+	}
+	if (r == 0)
+		r = attrset_encode(&out, &blob);
+	if (r == -ENOMEM)
+		sqlite3_result_error_nomem(ctx);
+	else if (r < 0)
+		sqlite3_result_error(ctx, "tpsync_attrs: a corrupt attribute blob", -1);
+	else if (out.n == 0)
+		sqlite3_result_null(ctx);
+	else
+		sqlite3_result_blob(ctx, blob.data, (int)blob.len, SQLITE_TRANSIENT);
+	for (int i = 0; i < 3; i++)
+		attrset_finish(&sets[i]);
+	attrset_finish(&out);
+	buf_finish(&blob);
+}
+
 static struct {
 	store_migration_hook *hook;
 	void *arg;
@@ -499,7 +552,11 @@ struct store *store_create(const char *path, unsigned flags, char *err, size_t e
 	}
 	free(mode);
 	if (sqlite3_create_function_v2(st->db, "tpsync_attrs_v2", 1, SQLITE_UTF8 | SQLITE_DETERMINISTIC, NULL,
-				       attrs_v2, NULL, NULL, NULL) != SQLITE_OK) {
+				       attrs_v2, NULL, NULL, NULL) != SQLITE_OK ||
+	    sqlite3_create_function_v2(st->db, "tpsync_attrs_overlay", 2, SQLITE_UTF8 | SQLITE_DETERMINISTIC, NULL,
+				       attrs_combine, NULL, NULL, NULL) != SQLITE_OK ||
+	    sqlite3_create_function_v2(st->db, "tpsync_attrs_merge_latest", 3, SQLITE_UTF8 | SQLITE_DETERMINISTIC,
+				       NULL, attrs_combine, NULL, NULL, NULL) != SQLITE_OK) {
 		snprintf(err, err_size, "cannot set up %s: %s", path, sqlite3_errmsg(st->db));
 		goto fail;
 	}
@@ -509,7 +566,10 @@ struct store *store_create(const char *path, unsigned flags, char *err, size_t e
 		snprintf(err, err_size, "cannot read attribute names: %s", sqlite3_errmsg(st->db));
 		goto fail;
 	}
-	st->next_seq = store_int(st, "SELECT max(pending_seq) FROM profiles", 0, "") + 1;
+	/* Above every pending_seq a batch was ever cut at, too: a new change must
+	 * never look like one in flight (see struct store). */
+	st->next_seq = store_int(st, "SELECT max(coalesce((SELECT max(pending_seq) FROM profiles), 0),"
+				     " coalesce((SELECT max(seq_hi) FROM batches), 0))", 0, "") + 1;
 	st->hold_from = INT64_MAX;
 	st->has_dead_letters = -1; /* not known yet: see dead_letters.c */
 	/* A first write proves the database writable (and makes the WAL) now,
@@ -536,6 +596,7 @@ void store_destroy(struct store *st)
 	for (uint32_t i = 0; i < st->n_attr_names; i++)
 		free(st->attr_names[i]);
 	free(st->attr_names);
+	seq_ranges_finish(&st->in_flight);
 	if (st->db)
 		sqlite3_close(st->db);
 	free(st);

@@ -9,6 +9,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "seq_ranges.h"
+
 #define STORE_MAX_STMTS 96
 
 struct store {
@@ -25,6 +27,20 @@ struct store {
 	uint32_t cap_attr_names;
 	int64_t next_seq;  /* for profiles.pending_seq */
 	int64_t hold_from; /* pending rows with pending_seq >= this are held back (INT64_MAX: none) */
+	/* Kept by the queue (queue.c), read by staging: batches are ranges of
+	 * pending_seq. A profile whose pending changes have a pending_seq at or
+	 * below batched_upto (and no inflight_batch) is in flight in the batch
+	 * whose range in in_flight holds it, or, when none does, its batch is
+	 * complete and those changes are accepted (the mirror). */
+	int64_t batched_upto;
+	struct seq_ranges in_flight;
+	/* What was staged since the queue last cut a batch: an estimate from
+	 * above (stage.c adds, queue.c sets it right when it looks), for the
+	 * sender to know when a full batch is waiting without counting. */
+	struct {
+		int64_t rows, bytes; /* changed profiles; their attribute blobs' bytes */
+		int64_t newest_at;   /* clock_wall_ms() of the latest staged change (0: none since start) */
+	} staged;
 	int has_dead_letters; /* -1: not known yet; kept by dead_letters.c */
 	bool is_new;          /* created by store_create */
 	bool is_replaced;     /* ... where its sentinel shows an earlier one existed */

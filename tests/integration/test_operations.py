@@ -279,9 +279,9 @@ def test_upgrade_from_schema_2(case):
     while not any("READY=1" in m for m in messages):
         messages.append(notify.recv(4096).decode())
     first = messages[0]
-    assert "EXTEND_TIMEOUT_USEC=" in first and "migrating the state database from schema 2 to 4" in first, messages
-    assert 'msg="migrating the state database" from=2 to=4' in d.log_text()
-    assert d.sql("PRAGMA user_version")[0][0] == 4
+    assert "EXTEND_TIMEOUT_USEC=" in first and "migrating the state database from schema 2 to 5" in first, messages
+    assert 'msg="migrating the state database" from=2 to=5' in d.log_text()
+    assert d.sql("PRAGMA user_version")[0][0] == 5
 
     wait_for(lambda: case.target.profiles().get("c2") == {"tier": "50% off & more"}, 20, "the pending change")
     d.wait_idle()

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "attrset.h"
+#include "stage.h"
 #include "store.h"
 
 static char fixture_dir[64];
@@ -52,25 +53,26 @@ static inline void set_of(struct store *st, struct attrset *s, const char *const
 	}
 }
 
-/* The value of attribute name in column col (accepted, inflight, pending) of
- * profile id, copied into out; "" if absent, "(none)" if the column is NULL. */
+/* The value of attribute name in set col (accepted, inflight, pending) of
+ * profile id as staging means it (values of a complete batch are accepted
+ * before they are folded in), copied into out; "" if absent, "(none)" if the
+ * set is empty. */
 static inline const char *column_value(struct store *st, const char *id, const char *col, const char *name, char *out, size_t size)
 {
-	char sql[128];
-	snprintf(sql, sizeof(sql), "SELECT %s FROM profiles WHERE id = ?", col);
-	sqlite3_stmt *s;
-	sqlite3_prepare_v2(st->db, sql, -1, &s, NULL);
-	sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+	struct stage sg;
+	struct stage_view v;
+	stage_init(&sg, st);
+	stage_view_init(&v);
 	snprintf(out, size, "(none)");
-	if (sqlite3_step(s) == SQLITE_ROW && sqlite3_column_type(s, 0) != SQLITE_NULL) {
-		struct attrset set;
-		attrset_init(&set);
-		attrset_decode(&set, sqlite3_column_blob(s, 0), (size_t)sqlite3_column_bytes(s, 0));
-		const struct attr_kv *kv = attrset_get(&set, attr(st, name));
-		snprintf(out, size, "%.*s", kv ? (int)kv->len : 0, kv ? kv->val : "");
-		attrset_finish(&set);
+	if (stage_read(&sg, id, strlen(id), &v) == 1) {
+		const struct attrset *set = strcmp(col, "accepted") == 0 ? &v.accepted
+					    : strcmp(col, "inflight") == 0 ? &v.inflight : &v.pending;
+		const struct attr_kv *kv = attrset_get(set, attr(st, name));
+		if (set->n)
+			snprintf(out, size, "%.*s", kv ? (int)kv->len : 0, kv ? kv->val : "");
 	}
-	sqlite3_finalize(s);
+	stage_view_finish(&v);
+	stage_finish(&sg);
 	return out;
 }
 

@@ -72,6 +72,34 @@ static char *body(int64_t id)
 	return text;
 }
 
+/* Cuts the next batch with at most max_rows rows (no body on the way). */
+static int64_t build(int64_t max_rows)
+{
+	struct queue_build_opts o = { .max_rows = max_rows, .body_fd = -1 };
+	struct queue_cut cut;
+	CHECK(queue_build(qu, &cfg, &o, &cut) == 0);
+	return cut.id;
+}
+
+/* The same, with the body written while cutting: returned in *text (caller
+ * frees; NULL when it was not written on the way). */
+static int64_t build_with_body(int64_t max_rows, char **text)
+{
+	FILE *f = tmpfile();
+	CHECK(f != NULL);
+	struct queue_build_opts o = { .max_rows = max_rows, .body_fd = fileno(f) };
+	struct queue_cut cut;
+	CHECK(queue_build(qu, &cfg, &o, &cut) == 0);
+	*text = NULL;
+	if (cut.has_body) {
+		*text = calloc(1, (size_t)cut.bytes + 1);
+		rewind(f);
+		CHECK(*text && fread(*text, 1, (size_t)cut.bytes, f) == (size_t)cut.bytes && fgetc(f) == EOF);
+	}
+	fclose(f);
+	return cut.id;
+}
+
 static void accept(int64_t id)
 {
 	CHECK(queue_accept(qu, id, NULL, NULL, 0) == 0);
@@ -91,7 +119,8 @@ static void test_body_and_acceptance(void)
 	stage("cust-1", (const char *[]){ "loyaltyTier=gold", "city=Amsterdam", NULL });
 	stage("cust-2", (const char *[]){ "city=Utrecht", NULL });
 	stage("cust-3", (const char *[]){ "loyaltyTier=50% off & more", "city=a+b=c, \"q\"\nx", NULL });
-	int64_t b1 = queue_build(qu, &cfg, 1000);
+	char *early = NULL;
+	int64_t b1 = build_with_body(1000, &early);
 	CHECK(b1 > 0);
 	char *text = body(b1);
 	const char *want = "batch=thirdPartyId,loyaltyTier,city\n"
@@ -99,19 +128,41 @@ static void test_body_and_acceptance(void)
 			   "cust-2,,Utrecht\n"
 			   "cust-3,50%25%20off%20%26%20more,a%2Bb%3Dc%2C%20%22q%22%0Ax\n";
 	CHECK_STR(text, want);
+	/* Written while cutting (the later rows have a subset of the first one's
+	 * attributes), and the same as written again from the database. */
+	CHECK(early != NULL);
+	CHECK_STR(early ? early : "", want);
+	free(early);
 	free(text);
 	/* The size computed while building is the exact encoded size. */
 	CHECK(q("SELECT bytes FROM batches WHERE id = 1") == (int64_t)strlen(want));
 	/* In flight: not pending any more, and not picked up by the next batch. */
-	CHECK(q("SELECT count(*) FROM profiles WHERE pending IS NOT NULL") == 0);
+	struct queue_counts c;
+	CHECK(queue_counts(qu, false, &c) == 0 && c.pending_profiles == 0 && c.in_flight_profiles == 3);
+	CHECK_STR(column_value(st, "cust-2", "inflight", "city", v, sizeof(v)), "Utrecht");
+	CHECK_STR(column_value(st, "cust-2", "pending", "city", v, sizeof(v)), "(none)");
+	/* A change while in flight waits for the batch (parked), then follows it. */
 	stage("cust-1", (const char *[]){ "loyaltyTier=silver", NULL });
-	CHECK(queue_build(qu, &cfg, 1000) == 0);
+	CHECK(queue_counts(qu, false, &c) == 0 && c.pending_profiles == 1);
+	CHECK_STR(column_value(st, "cust-1", "inflight", "loyaltyTier", v, sizeof(v)), "gold");
+	CHECK_STR(column_value(st, "cust-1", "pending", "loyaltyTier", v, sizeof(v)), "silver");
+	CHECK(build(1000) == 0);
+	/* The batch in flight still carries the values it had (its moved row last). */
+	text = body(b1);
+	CHECK_STR(text, "batch=thirdPartyId,loyaltyTier,city\n"
+			"cust-2,,Utrecht\n"
+			"cust-3,50%25%20off%20%26%20more,a%2Bb%3Dc%2C%20%22q%22%0Ax\n"
+			"cust-1,gold,Amsterdam\n");
+	CHECK(strlen(text) == strlen(want));
+	free(text);
 	accept(b1);
 	CHECK_STR(column_value(st, "cust-1", "accepted", "city", v, sizeof(v)), "Amsterdam");
+	CHECK_STR(column_value(st, "cust-1", "accepted", "loyaltyTier", v, sizeof(v)), "gold");
 	CHECK_STR(column_value(st, "cust-1", "inflight", "city", v, sizeof(v)), "(none)");
+	CHECK_STR(column_value(st, "cust-2", "accepted", "city", v, sizeof(v)), "Utrecht");
 
 	/* full_profile: the changed profile's row carries all its attributes. */
-	int64_t b2 = queue_build(qu, &cfg, 1000);
+	int64_t b2 = build(1000);
 	CHECK(b2 > b1);
 	text = body(b2);
 	CHECK_STR(text, "batch=thirdPartyId,loyaltyTier,city\ncust-1,silver,Amsterdam\n");
@@ -122,7 +173,7 @@ static void test_body_and_acceptance(void)
 	cfg.batch.rows = ROWS_CHANGED_ONLY;
 	cfg.target.id_type = ID_PC;
 	stage("cust-1", (const char *[]){ "city=Rotterdam", "loyaltyTier=silver", NULL });
-	int64_t b3 = queue_build(qu, &cfg, 1000);
+	int64_t b3 = build(1000);
 	text = body(b3);
 	CHECK_STR(text, "batch=pcId,city\ncust-1,Rotterdam\n");
 	free(text);
@@ -147,16 +198,16 @@ static void test_limits(void)
 	setup();
 	stage_many("r%02d", 25);
 	cfg.batch.max_rows = 10;
-	int64_t b4 = queue_build(qu, &cfg, 1000);
+	int64_t b4 = build(1000);
 	CHECK(q("SELECT rows FROM batches ORDER BY id DESC LIMIT 1") == 10);
-	int64_t b5 = queue_build(qu, &cfg, 3);
+	int64_t b5 = build(3);
 	CHECK(b5 > b4 && q("SELECT rows FROM batches ORDER BY id DESC LIMIT 1") == 3);
 	cfg.batch.max_rows = 500000;
-	queue_build(qu, &cfg, 1000); /* the other 12 */
+	build(1000); /* the other 12 */
 
 	stage_many("s%03d", 100);
 	cfg.batch.max_bytes = 300;
-	int64_t b6 = queue_build(qu, &cfg, 1000);
+	int64_t b6 = build(1000);
 	char *text = body(b6);
 	CHECK(strlen(text) <= 300 && strlen(text) + 7 > 300);
 	CHECK(q("SELECT bytes FROM batches ORDER BY id DESC LIMIT 1") == (int64_t)strlen(text));
@@ -174,22 +225,70 @@ static void test_split_and_kill(void)
 	setup();
 	stage_many("r%02d", 25);
 	cfg.batch.max_rows = 10;
-	int64_t b1 = queue_build(qu, &cfg, 1000);
-	int64_t b2 = queue_build(qu, &cfg, 3);
+	int64_t b1 = build(1000);
+	int64_t b2 = build(3);
 	CHECK(b1 == 1 && b2 == 2);
 	CHECK(queue_split(qu, b1) == 0);
 	CHECK(q("SELECT state FROM batches WHERE id = 1") == 0); /* text 'split' reads as 0 */
 	CHECK(q("SELECT count(*) FROM batches WHERE state = 'ready' AND rows = 5") == 2);
-	CHECK(q("SELECT count(*) FROM profiles WHERE inflight_batch = 1") == 0);
-	CHECK(q("SELECT count(DISTINCT inflight_batch) FROM profiles WHERE id BETWEEN 'r00' AND 'r09'") == 2);
-	CHECK(queue_split(qu, b2 + 100) == -E2BIG);
+	/* The halves hold the ten rows between them, each once. */
+	char *h1 = body(3), *h2 = body(4);
+	CHECK_STR(h1, "batch=thirdPartyId,a\nr00,1\nr01,1\nr02,1\nr03,1\nr04,1\n");
+	CHECK_STR(h2, "batch=thirdPartyId,a\nr05,1\nr06,1\nr07,1\nr08,1\nr09,1\n");
+	free(h1);
+	free(h2);
+	CHECK(queue_split(qu, b2 + 100) == -ENOENT);
+	/* A half splits again, down to batches of one row, which cannot split. */
+	CHECK(queue_split(qu, 3) == 0 && queue_split(qu, 5) == 0);
+	CHECK(q("SELECT rows FROM batches WHERE id = 7") == 1 && queue_split(qu, 7) == -E2BIG);
 
 	CHECK(queue_kill(qu, b2, "HTTP 400", "bad request", 0) == 0);
 	CHECK(q("SELECT count(*) FROM dead_letters WHERE reason = 'HTTP 400' AND attr = 'a' AND value = '1'") == 3);
-	CHECK(q("SELECT count(*) FROM profiles WHERE inflight_batch = 2") == 0);
-	CHECK(q("SELECT count(*) FROM batch_rows WHERE batch_id = 2") == 0);
+	CHECK(q("SELECT count(*) FROM profiles WHERE id BETWEEN 'r10' AND 'r12' AND pending IS NOT NULL") == 0);
 	CHECK(q("SELECT state FROM batches WHERE id = 2") == 0 &&
 	      q("SELECT count(*) FROM batches WHERE id = 2 AND state = 'dead'") == 1);
+	teardown();
+}
+
+/* A batch with both kinds of members (range rows, and rows of profiles that
+ * changed again while it was in flight) splits, is killed, and is re-queued
+ * as stuck with every row once and the newer values kept. */
+static void test_moved_members(void)
+{
+	setup();
+	stage_many("m%02d", 6);
+	int64_t b = build(1000);
+	/* m00 and m01 change while in flight: their sent values move to inflight. */
+	stage("m00", (const char *[]){ "a=2", NULL });
+	stage("m01", (const char *[]){ "a=3", NULL });
+	CHECK(q("SELECT count(*) FROM profiles WHERE inflight_batch = 1") == 2);
+	char *text = body(b);
+	CHECK_STR(text, "batch=thirdPartyId,a\nm02,1\nm03,1\nm04,1\nm05,1\nm00,1\nm01,1\n");
+	free(text);
+	CHECK(queue_split(qu, b) == 0);
+	char *h1 = body(2), *h2 = body(3);
+	CHECK_STR(h1, "batch=thirdPartyId,a\nm02,1\nm03,1\nm00,1\nm01,1\n");
+	CHECK_STR(h2, "batch=thirdPartyId,a\nm04,1\nm05,1\n");
+	free(h1);
+	free(h2);
+	/* Stuck: m00 and m01 have newer values queued, which go instead. */
+	accept_awaiting_status(2);
+	CHECK(queue_requeue_stuck(qu, 2) == 0);
+	int64_t again = q("SELECT id FROM batches WHERE requeue_of = 2");
+	text = body(again);
+	CHECK_STR(text, "batch=thirdPartyId,a\nm02,1\nm03,1\n");
+	free(text);
+	CHECK_STR(column_value(st, "m00", "pending", "a", v, sizeof(v)), "2");
+	int64_t next = build(1000);
+	CHECK(next > again);
+	text = body(next);
+	CHECK_STR(text, "batch=thirdPartyId,a\nm00,2\nm01,3\n");
+	free(text);
+	/* Killed: every row a dead letter once, no profile left in flight. */
+	CHECK(queue_kill(qu, 3, "HTTP 400", "", 0) == 0 && queue_kill(qu, again, "HTTP 400", "", 0) == 0);
+	CHECK(q("SELECT count(*) FROM dead_letters") == 4);
+	struct queue_counts c;
+	CHECK(queue_counts(qu, false, &c) == 0 && c.in_flight_profiles == 2 && c.pending_profiles == 0);
 	teardown();
 }
 
@@ -198,7 +297,7 @@ static void test_stuck(void)
 {
 	setup();
 	stage_many("s%03d", 40);
-	int64_t b = queue_build(qu, &cfg, 1000);
+	int64_t b = build(1000);
 	int64_t rows = q("SELECT rows FROM batches WHERE id = 1");
 	CHECK(b == 1 && rows == 40);
 	accept_awaiting_status(b);
@@ -221,7 +320,7 @@ static void test_header_order(void)
 	stage("hdr-0", (const char *[]){ "city=x", "loyaltyTier=y", NULL });
 	stage("hdr-1", (const char *[]){ "zz_new_attr=1", NULL });
 	stage("hdr-2", (const char *[]){ "city=Utrecht", "loyaltyTier=gold", NULL });
-	int64_t hb = queue_build(qu, &cfg, 1000);
+	int64_t hb = build(1000);
 	CHECK(hb > 0);
 	uint32_t *hids = NULL;
 	size_t hn = 0;
@@ -254,7 +353,7 @@ static void test_large_body(void)
 		CHECK(stage_profile(&sg, id, strlen(id), &in, "test", NULL) >= 0);
 	}
 	store_commit(st);
-	int64_t b = queue_build(qu, &cfg, N);
+	int64_t b = build(N);
 	CHECK(b > 0 && q("SELECT rows FROM batches ORDER BY id DESC LIMIT 1") == N);
 	struct buf want;
 	buf_init(&want);
@@ -304,7 +403,7 @@ static void test_sender_steps(void)
 	setup();
 	stage("p1", (const char *[]){ "a=1", NULL });
 	stage("p2", (const char *[]){ "a=2", NULL });
-	int64_t b = queue_build(qu, &cfg, 1000);
+	int64_t b = build(1000);
 	int64_t next = -1;
 	CHECK(queue_next_ready(qu, 1000, &next) == b);
 	CHECK(queue_mark_posting(qu, b, 5000, 42) == 0);
@@ -337,7 +436,6 @@ static void test_sender_steps(void)
 	struct queue_row_results res;
 	CHECK(queue_complete(qu, b, &counts, 3, NULL, NULL, &res) == 0 && res.requeued == 0);
 	CHECK(queue_get(qu, b, &info) == 0 && info.state == BATCH_COMPLETE && info.polls == 2);
-	CHECK(q("SELECT count(*) FROM batch_rows") == 0);
 	/* Now the echoes run: both profiles' latest values are pending again. */
 	CHECK(queue_run_echoes(qu, 20000, &n, &echo_next) == 0 && n == 2 && echo_next == 0);
 	CHECK(q("SELECT count(*) FROM profiles WHERE pending IS NOT NULL") == 2);
@@ -371,13 +469,15 @@ static void test_failed_rows(void)
 	struct queue_row_results res;
 	static const char *const p1_and_ghost[] = { "p1", "ghost", NULL }, *const p1[] = { "p1", NULL };
 	for (int round = 1; round <= 3; round++) {
-		int64_t b = queue_build(qu, &cfg, 1000);
+		int64_t b = build(1000);
 		CHECK(b > 0);
 		accept_awaiting_status(b);
-		CHECK_STR(column_value(st, "p1", "accepted", "a", v, sizeof(v)), "1");
+		/* Accepted for processing is not in the mirror yet. */
+		CHECK_STR(column_value(st, "p1", "inflight", "a", v, sizeof(v)), "1");
+		CHECK_STR(column_value(st, "p1", "accepted", "a", v, sizeof(v)), "(none)");
 		CHECK(queue_complete(qu, b, &counts, 3, feed_list, (void *)(round == 1 ? p1_and_ghost : p1), &res) == 0);
-		/* The mirror no longer claims Target has p1's values. */
-		CHECK_STR(column_value(st, "p1", "accepted", "a", v, sizeof(v)), "");
+		/* The mirror never claims Target has p1's values. */
+		CHECK_STR(column_value(st, "p1", "accepted", "a", v, sizeof(v)), "(none)");
 		if (round < 3) {
 			CHECK(res.requeued == 1 && res.dead == 0 && res.unknown == (round == 1));
 			CHECK_STR(column_value(st, "p1", "pending", "a", v, sizeof(v)), "1");
@@ -394,11 +494,11 @@ static void test_failed_rows(void)
 	CHECK(q("SELECT rows_requeued FROM batches WHERE id = 1") == 1 && q("SELECT rows_dead FROM batches WHERE id = 3") == 1);
 	/* A failure, then a row that goes through: the count starts again. */
 	stage("p3", (const char *[]){ "a=3", NULL });
-	int64_t b = queue_build(qu, &cfg, 1000);
+	int64_t b = build(1000);
 	accept_awaiting_status(b);
 	static const char *const p3[] = { "p3", NULL };
 	CHECK(queue_complete(qu, b, &counts, 3, feed_list, (void *)p3, &res) == 0 && res.requeued == 1);
-	b = queue_build(qu, &cfg, 1000);
+	b = build(1000);
 	accept_awaiting_status(b);
 	CHECK(queue_complete(qu, b, &counts, 3, NULL, NULL, &res) == 0);
 	CHECK(q("SELECT count(*) FROM row_failures") == 0);
@@ -412,13 +512,12 @@ static void test_unconfirm(void)
 {
 	setup();
 	stage("p1", (const char *[]){ "a=1", NULL });
-	int64_t b = queue_build(qu, &cfg, 1000);
+	int64_t b = build(1000);
 	accept_awaiting_status(b);
 	int64_t n = 0;
 	CHECK(queue_unconfirm(qu, b, "status gone", &n) == 0 && n == 1);
 	CHECK(q("SELECT count(*) FROM batches WHERE state = 'unconfirmed' AND last_error = 'status gone'") == 1);
 	CHECK_STR(column_value(st, "p1", "pending", "a", v, sizeof(v)), "1");
-	CHECK(q("SELECT count(*) FROM batch_rows") == 0);
 	teardown();
 }
 
@@ -427,7 +526,7 @@ static void test_retry_dead(void)
 {
 	setup();
 	stage("p1", (const char *[]){ "a=1", "b=2", NULL });
-	int64_t b = queue_build(qu, &cfg, 1000);
+	int64_t b = build(1000);
 	CHECK(queue_kill(qu, b, "HTTP 400", "", 0) == 0);
 	CHECK(q("SELECT count(*) FROM dead_letters") == 2);
 	stage("p1", (const char *[]){ "a=9", NULL }); /* supersedes the dead letter for a */
@@ -445,6 +544,7 @@ int main(void)
 	RUN(test_body_and_acceptance);
 	RUN(test_limits);
 	RUN(test_split_and_kill);
+	RUN(test_moved_members);
 	RUN(test_stuck);
 	RUN(test_header_order);
 	RUN(test_large_body);

@@ -115,6 +115,7 @@ static void setup(void)
 	cfg.batch.max_rows = 500000;
 	cfg.batch.max_bytes = 49000000;
 	cfg.batch.linger_ms = 0;
+	cfg.batch.max_wait_ms = 60000;
 	cfg.batch.max_in_flight = 2;
 	cfg.batch.rows = ROWS_FULL_PROFILE;
 	cfg.retry.initial_ms = 1;
@@ -206,8 +207,9 @@ static bool is_post(int i)
 	return stub->calls[i]->body != NULL;
 }
 
-/* success=true: the values become the mirror, the batch waits for its status
- * (polled at the URL Target gave, with showDetails), and completes. */
+/* success=true: the batch waits for its status (polled at the URL Target
+ * gave, with showDetails), its values in flight until it completes; then
+ * they are the mirror. */
 static void test_accepted_then_complete(void)
 {
 	setup();
@@ -219,7 +221,9 @@ static void test_accepted_then_complete(void)
 	CHECK(q("SELECT count(*) FROM batches WHERE state = 'posting'") == 1);
 	answer(0, CURLE_OK, 200, ACCEPTED, -1);
 	CHECK(q("SELECT count(*) FROM batches WHERE state = 'submitted' AND target_batch_id = 'demo-1'") == 1);
-	CHECK(q("SELECT count(*) FROM profiles WHERE accepted IS NOT NULL AND inflight IS NULL") == 1);
+	char v[64];
+	CHECK_STR(column_value(st, "c1", "inflight", "tier", v, sizeof(v)), "gold");
+	CHECK_STR(column_value(st, "c1", "accepted", "tier", v, sizeof(v)), "(none)");
 	CHECK(progress_calls >= 1);
 	CHECK(wait_calls(1) && !is_post(0));
 	/* Target named an http:// edge host; with an https base it is polled over https. */
@@ -227,6 +231,7 @@ static void test_accepted_then_complete(void)
 				       "?batchId=demo-1&m2Node=00&showDetails=true");
 	answer(0, CURLE_OK, 200, COMPLETE, -1);
 	CHECK(q("SELECT count(*) FROM batches WHERE state = 'complete' AND successful = 1") == 1);
+	CHECK_STR(column_value(st, "c1", "accepted", "tier", v, sizeof(v)), "gold");
 	CHECK(sender_is_drained(snd, true));
 	teardown();
 }
@@ -370,8 +375,9 @@ static void test_413_and_400(void)
 	teardown();
 }
 
-/* A profile is never in two unanswered submissions: its newer value waits
- * for the answer to the earlier one, however many calls are allowed. */
+/* A profile is never in two batches Target has not finished: its newer value
+ * waits for the earlier batch's final status, however many calls are
+ * allowed (Target may process two batches in any order). */
 static void test_ordering(void)
 {
 	setup();
@@ -386,8 +392,14 @@ static void test_ordering(void)
 	run_for(20);
 	CHECK(stub->n == 2);
 	answer(0, CURLE_OK, 200, ACCEPTED, -1);
-	CHECK(wait_calls(2));
-	CHECK(q("SELECT count(*) FROM profiles WHERE pending IS NOT NULL") == 0);
+	CHECK(wait_calls(2) && !is_post(1)); /* the status poll; c1 still waits */
+	run_for(20);
+	CHECK(stub->n == 2);
+	struct queue_counts c;
+	CHECK(queue_counts(qu, false, &c) == 0 && c.pending_profiles == 1);
+	answer(1, CURLE_OK, 200, COMPLETE, -1);
+	CHECK(wait_calls(2) && is_post(1));
+	CHECK(queue_counts(qu, false, &c) == 0 && c.pending_profiles == 0 && c.in_flight_profiles == 2);
 	teardown();
 }
 
@@ -478,7 +490,7 @@ static void test_failed_row_sent_again(void)
 	answer(0, CURLE_OK, 200, FAILED_C1, -1);
 	CHECK(q("SELECT count(*) FROM batches WHERE state = 'complete' AND failed = 1 AND rows_requeued = 1") == 1);
 	char v[64];
-	CHECK_STR(column_value(st, "c1", "accepted", "tier", v, sizeof(v)), "");
+	CHECK_STR(column_value(st, "c1", "accepted", "tier", v, sizeof(v)), "(none)");
 	CHECK_STR(column_value(st, "c2", "accepted", "tier", v, sizeof(v)), "silver");
 	CHECK(wait_calls(1) && is_post(0)); /* c1 again */
 	CHECK(q("SELECT rows FROM batches WHERE state = 'posting'") == 1);

@@ -174,7 +174,14 @@ static void test_status_stream(void)
 	CHECK(n == N && a.failed_listed == N);
 	CHECK_STR(a.status, "complete");
 	CHECK(a.failed == N && a.successful == 1 && a.batch_size == N + 1);
-	CHECK(after - before < 2048); /* kB: bounded, whatever the list's length */
+#ifndef __SANITIZE_ADDRESS__
+	/* kB: bounded, whatever the list's length. ASan's quarantine keeps freed
+	 * memory out of reuse, so the figure means nothing there. */
+	CHECK(after - before < 2048);
+#else
+	(void)before;
+	(void)after;
+#endif
 	target_answer_finish(&a);
 	/* Without a callback the rows are only counted; a callback's error stops the parse. */
 	CHECK(target_parse_status_fd(fileno(f), &a, NULL, NULL) == 0 && a.failed_listed == N);
