@@ -696,7 +696,8 @@ int daemon_run(struct config *cfg, const struct daemon_options *opts)
 		}
 		log_warn("msg=\"--fresh-state: the state database was moved aside; starting anew\" moved_to=\"%s\"", moved);
 	}
-	d.st = store_create(db_path, cfg->state.quick_check ? STORE_CHECK : 0, err, sizeof(err));
+	d.st = store_create(db_path, (cfg->state.quick_check ? STORE_CHECK : 0) | (opts->dry_run_dir ? STORE_SCRATCH : 0),
+			    err, sizeof(err));
 	if (!d.st) {
 		log_err("msg=\"cannot open state database\" error=\"%s\"", err);
 		fprintf(stderr, "tpsyncd: %s\n", err);

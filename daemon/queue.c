@@ -30,6 +30,10 @@ struct queue {
 	/* Due echoes are all of profiles in flight: nothing to do until a batch
 	 * finishes or an echo is added. */
 	bool is_echo_blocked;
+	/* The fold pass under way (see queue_fold): the last complete batch it
+	 * ends (0: none under way), and the profile id it has reached. */
+	int64_t fold_pass_upto;
+	struct buf fold_cursor;
 };
 
 #define S(state) batch_state_name(state)
@@ -101,6 +105,14 @@ static int load_in_flight(struct queue *q)
 	return r;
 }
 
+/* SQL function tpsync_in_flight(pending_seq): 1 when a batch Target has not
+ * finished holds it (struct store). */
+static void sql_in_flight(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+{
+	const struct store *st = sqlite3_user_data(ctx);
+	sqlite3_result_int(ctx, seq_ranges_find(&st->in_flight, sqlite3_value_int64(argv[0])) != 0);
+}
+
 struct queue *queue_create(struct store *st)
 {
 	struct queue *q = calloc(1, sizeof(*q));
@@ -108,7 +120,9 @@ struct queue *queue_create(struct store *st)
 		return NULL;
 	q->st = st;
 	stage_init(&q->sg, st);
-	if (load_in_flight(q) < 0) {
+	buf_init(&q->fold_cursor);
+	if (sqlite3_create_function_v2(st->db, "tpsync_in_flight", 1, SQLITE_UTF8, st, sql_in_flight, NULL, NULL,
+				       NULL) != SQLITE_OK || load_in_flight(q) < 0) {
 		queue_destroy(q);
 		return NULL;
 	}
@@ -123,6 +137,7 @@ void queue_destroy(struct queue *q)
 	if (!q)
 		return;
 	stage_finish(&q->sg);
+	buf_finish(&q->fold_cursor);
 	free(q);
 }
 
@@ -1329,32 +1344,55 @@ int queue_retry_dead(struct queue *q, const int64_t *ids, size_t n, int64_t *cou
 
 /* --- folding ----------------------------------------------------------------------- */
 
+/* Folds in passes over the profiles table in id order (its pages one after
+ * the other; the pending index's order is random in the table). A pass
+ * folds every complete change it meets, and ends the batches that were
+ * complete when it began. */
 int queue_fold(struct queue *q, int64_t max_rows, bool *is_more)
 {
 	struct store *st = q->st;
 	*is_more = false;
-	int64_t id = store_int(st, "SELECT id FROM batches WHERE folded = 0 AND state = ? ORDER BY id LIMIT 1", 0, "t",
-			       S(BATCH_COMPLETE));
-	if (id == 0)
-		return 0;
-	struct members m;
+	if (!q->fold_pass_upto) {
+		q->fold_pass_upto = store_int(st, "SELECT max(id) FROM batches WHERE folded = 0 AND state = ?", 0, "t",
+					      S(BATCH_COMPLETE));
+		q->fold_cursor.len = 0;
+		if (!q->fold_pass_upto)
+			return 0;
+	}
 	if (store_begin(st) < 0)
 		return -EIO;
-	int r = get_members(st, id, &m);
-	/* The range's first max_rows rows (the ones folded before are gone from it). */
-	int64_t upto = r < 0 ? -1 : store_int(st, "SELECT pending_seq FROM profiles WHERE " RANGE_ROWS
-					      " ORDER BY pending_seq LIMIT 1 OFFSET ?4", 0, "iiii", m.id, m.lo, m.hi,
-					      max_rows);
-	if (upto < 0)
-		return finish(q, r < 0 ? r : -EIO);
-	bool is_last = upto == 0;
-	r = run_members(st, "UPDATE profiles SET accepted = tpsync_attrs_overlay(accepted, pending), pending = NULL,"
-			    " pending_seq = NULL, pending_since = NULL WHERE " RANGE_ROWS " AND pending_seq < ?4",
-			&m, is_last ? m.hi + 1 : upto, 0);
+	struct buf upto;
+	buf_init(&upto);
+	sqlite3_stmt *s = store_prepare(st, "SELECT id FROM profiles WHERE id > ? ORDER BY id LIMIT 1 OFFSET ?", "si",
+					q->fold_cursor.data ? q->fold_cursor.data : "", (int)q->fold_cursor.len, max_rows - 1);
+	int r = s ? 0 : -EIO, rc = s ? sqlite3_step(s) : SQLITE_ERROR;
+	if (rc == SQLITE_ROW && buf_append(&upto, sqlite3_column_text(s, 0), (size_t)sqlite3_column_bytes(s, 0)) < 0)
+		r = -ENOMEM;
+	else if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+		r = -EIO;
+	if (s)
+		sqlite3_reset(s);
+	bool is_last = r == 0 && rc == SQLITE_DONE;
+	if (r == 0)
+		r = store_run(st, "UPDATE profiles SET accepted = tpsync_attrs_overlay(accepted, pending), pending = NULL,"
+				  " pending_seq = NULL, pending_since = NULL WHERE id > ?1 AND (?2 IS NULL OR id <= ?2)"
+				  " AND pending IS NOT NULL AND inflight_batch IS NULL AND pending_seq <= ?3"
+				  " AND tpsync_in_flight(pending_seq) = 0", "ssi",
+			      q->fold_cursor.data ? q->fold_cursor.data : "", (int)q->fold_cursor.len,
+			      is_last ? NULL : upto.data, (int)upto.len, st->batched_upto);
 	if (r == 0 && is_last)
-		r = store_run(st, "UPDATE batches SET folded = 1 WHERE id = ?", "i", id);
-	if ((r = finish(q, r)) < 0)
+		r = store_run(st, "UPDATE batches SET folded = 1 WHERE folded = 0 AND state = ?1 AND id <= ?2", "ti",
+			      S(BATCH_COMPLETE), q->fold_pass_upto);
+	r = finish(q, r);
+	if (r == 0 && !is_last) {
+		buf_reset(&q->fold_cursor);
+		r = buf_append(&q->fold_cursor, upto.data, upto.len);
+	}
+	buf_finish(&upto);
+	if (r < 0)
 		return r;
+	if (is_last)
+		q->fold_pass_upto = 0;
 	*is_more = !is_last || store_int(st, "SELECT count(*) FROM batches WHERE folded = 0 AND state = ?", 0, "t",
 					 S(BATCH_COMPLETE)) > 0;
 	return 0;
@@ -1368,8 +1406,10 @@ int queue_counts(struct queue *q, bool with_all_states, struct queue_counts *c)
 	memset(c, 0, sizeof(*c));
 	int64_t queued = store_int(st, "SELECT count(*) FROM profiles WHERE pending IS NOT NULL AND pending_seq > ?", -1,
 				   "i", st->batched_upto);
-	int64_t parked = store_int(st, "SELECT count(*) FROM profiles WHERE inflight_batch IS NOT NULL AND pending IS NOT NULL"
-				       " AND pending_seq <= ?", -1, "i", st->batched_upto);
+	/* By profiles_inflight: the pending index holds every change not yet folded. */
+	int64_t parked = store_int(st, "SELECT count(*) FROM profiles INDEXED BY profiles_inflight"
+				       " WHERE inflight_batch IS NOT NULL AND pending IS NOT NULL AND pending_seq <= ?", -1, "i",
+				   st->batched_upto);
 	c->pending_profiles = queued < 0 || parked < 0 ? -1 : queued + parked;
 	c->oldest_pending_at = store_int(st, "SELECT pending_since FROM profiles WHERE pending IS NOT NULL AND pending_seq > ?"
 					     " ORDER BY pending_seq LIMIT 1", 0, "i", st->batched_upto);

@@ -35,6 +35,11 @@
  * when it starts, and connecting or a TLS handshake can delay its arrival, so
  * the window kept is a second longer than Target's. */
 #define CALL_WINDOW_MS 61000
+/* Folding complete batches into the mirror's accepted column, in the
+ * background while idle: profiles per slice (about 30 ms at 1M), and the
+ * pause between slices. */
+#define FOLD_ROWS 10000
+#define FOLD_PAUSE_MS 5
 
 enum transfer_kind { XFER_SUBMIT, XFER_POLL };
 
@@ -59,6 +64,7 @@ struct sender {
 	void *arg;
 	struct http *http;
 	struct event *wake;
+	struct event *fold;         /* the next slice of queue_fold */
 	struct transfer *transfers;
 	int n_submits, n_polls;
 	struct callrate calls;      /* every call to the bulk API: limits.calls_per_minute */
@@ -109,6 +115,35 @@ static void db_failed(struct sender *s, const char *what)
 	store_die_on_io_error(s->st);
 	log_err("msg=\"state database error\" during=\"%s\" error=\"%s\"", what, store_error(s->st));
 	note_error(s, "state database error during %s: %s", what, store_error(s->st));
+}
+
+/* Complete batches may be folded into the mirror: soon, in slices. */
+static void fold_soon(struct sender *s)
+{
+	struct timeval tv = { 0, FOLD_PAUSE_MS * 1000 };
+	if (!s->is_stopping && !evtimer_pending(s->fold, NULL) && evtimer_add(s->fold, &tv) < 0)
+		log_err("msg=\"cannot arm fold timer\"");
+}
+
+static bool is_reading(struct sender *s);
+
+/* A slice of folding, when nothing else is going on (it is housekeeping:
+ * the mirror reads the same before and after). */
+static void on_fold(evutil_socket_t fd, short what, void *arg)
+{
+	struct sender *s = arg;
+	int64_t unused;
+	if (s->n_submits > 0 || is_reading(s) || queue_next_ready(s->q, clock_wall_ms(), &unused) > 0) {
+		struct timeval tv = { 1, 0 };
+		if (evtimer_add(s->fold, &tv) < 0)
+			log_err("msg=\"cannot arm fold timer\"");
+		return;
+	}
+	bool is_more = false;
+	if (queue_fold(s->q, FOLD_ROWS, &is_more) < 0)
+		db_failed(s, "folding complete batches");
+	else if (is_more)
+		fold_soon(s);
 }
 
 static void report_dead(struct sender *s, int64_t id, const char *reason)
@@ -229,6 +264,8 @@ static void accept_batch(struct sender *s, int64_t id, const char *status_url)
 		b.rows = 0;
 	s->rows_sent += b.rows;
 	s->batches_accepted++;
+	if (!status_url)
+		fold_soon(s);
 	s->last_success_at = now;
 	log_info("msg=\"batch accepted\" batch=%lld rows=%lld target_batch=%s", (long long)id, (long long)b.rows,
 		 bid[0] ? bid : "-");
@@ -352,6 +389,7 @@ static void complete(struct sender *s, struct transfer *t, const struct target_a
 		return;
 	}
 	s->batches_complete++;
+	fold_soon(s);
 	s->rows_failed += a->failed_listed;
 	s->rows_requeued += res.requeued;
 	s->rows_failed_dead += res.dead;
@@ -748,6 +786,7 @@ static int64_t next_batch(struct sender *s, int64_t now, int64_t *wake, struct b
 	}
 	struct queue_build_opts o = { .max_rows = budget, .only_if_full = !is_due, .body_fd = fileno(b->f) };
 	struct queue_cut cut;
+	int64_t started = clock_mono_ms();
 	r = queue_build(s->q, cfg, &o, &cut);
 	if (r < 0) {
 		if (r == -EIO)
@@ -759,11 +798,14 @@ static int64_t next_batch(struct sender *s, int64_t now, int64_t *wake, struct b
 	if (cut.id == 0) {
 		if (is_due)
 			s->is_flush = false;
+		log_debug("msg=\"no batch cut\" rows=%lld bytes=%lld ms=%lld", (long long)cut.rows, (long long)cut.bytes,
+			  (long long)(clock_mono_ms() - started));
 		return 0;
 	}
 	b->size = cut.has_body ? cut.bytes : 0;
-	log_debug("msg=\"batch cut\" batch=%lld rows=%lld bytes=%lld full=%s body=%s", (long long)cut.id,
-		  (long long)cut.rows, (long long)cut.bytes, cut.is_full ? "yes" : "no", cut.has_body ? "written" : "later");
+	log_debug("msg=\"batch cut\" batch=%lld rows=%lld bytes=%lld full=%s body=%s ms=%lld", (long long)cut.id,
+		  (long long)cut.rows, (long long)cut.bytes, cut.is_full ? "yes" : "no", cut.has_body ? "written" : "later",
+		  (long long)(clock_mono_ms() - started));
 	return cut.id;
 }
 
@@ -775,9 +817,9 @@ struct poll_round {
 };
 
 /* Whether a poll may take a call now: within limits.poll_calls_per_minute
- * always; beyond it only with calls no submission is waiting for, and
- * leaving batch.max_in_flight calls free for the next ones (a batch's
- * profiles cannot go again until its status is known, so an unused call is
+ * always; beyond it only while nothing is queued for submission, and leaving
+ * batch.max_in_flight calls free for what comes next (a batch's profiles
+ * cannot go again until its status is known, so a call nothing else needs is
  * better spent on a poll). */
 static bool poll_may_call(struct sender *s, const struct poll_round *p, int64_t *free_at)
 {
@@ -857,11 +899,8 @@ static void pump(struct sender *s)
 			take_earlier(&wake, s->auth_probe_at);
 		}
 	}
-	bool is_submission_waiting = false;
 	while (may_submit && s->n_submits < max_submits) {
 		if (!callrate_may_call(&s->calls, now, &free_at)) {
-			is_submission_waiting = queue_next_ready(s->q, now, &free_at) > 0 || queue_oldest_unbatched(s->q) > 0;
-			callrate_may_call(&s->calls, now, &free_at);
 			set_blocked(s, "limits.calls_per_minute", free_at);
 			take_earlier(&wake, free_at);
 			break;
@@ -886,6 +925,9 @@ static void pump(struct sender *s)
 	}
 
 	/* Status polls share the call budget but never hold submissions back. */
+	/* Work queued for submission keeps polls to their share of the calls. */
+	int64_t unused;
+	bool is_submission_waiting = queue_next_ready(s->q, now, &unused) > 0 || queue_oldest_unbatched(s->q) > 0;
 	struct poll_round round = { .s = s, .now = now, .wake = &wake, .is_submission_waiting = is_submission_waiting };
 	int64_t next_poll = 0;
 	if (!is_throttled && queue_due_polls(s->q, now, poll_one, &round, &next_poll) < 0)
@@ -932,9 +974,11 @@ struct sender *sender_create(struct event_base *base, struct store *st, struct q
 	s->l = l;
 	s->arg = arg;
 	s->wake = evtimer_new(base, on_wake, s);
+	s->fold = evtimer_new(base, on_fold, s);
 	s->submit_url = target_submit_url(cfg);
 	if (callrate_init(&s->calls, (size_t)cfg->limits.calls_per_minute, CALL_WINDOW_MS) < 0 ||
 	    callrate_init(&s->poll_calls, (size_t)cfg->limits.poll_calls_per_minute, CALL_WINDOW_MS) < 0 || !s->wake ||
+	    !s->fold ||
 	    !s->submit_url) {
 		log_err("msg=\"cannot set up the sender\" error=\"out of memory\"");
 		goto fail;
@@ -956,6 +1000,7 @@ struct sender *sender_create(struct event_base *base, struct store *st, struct q
 	if (n)
 		log_warn("msg=\"requests whose answer never came will be sent again\" batches=%lld", (long long)n);
 	sender_kick(s);
+	fold_soon(s); /* what an earlier run left */
 	return s;
 fail:
 	sender_destroy(s);
@@ -974,6 +1019,8 @@ void sender_destroy(struct sender *s)
 	}
 	if (s->wake)
 		event_free(s->wake);
+	if (s->fold)
+		event_free(s->fold);
 	token_finish(&s->token);
 	callrate_finish(&s->calls);
 	callrate_finish(&s->poll_calls);
@@ -985,6 +1032,7 @@ void sender_stop(struct sender *s)
 {
 	s->is_stopping = true;
 	evtimer_del(s->wake);
+	evtimer_del(s->fold);
 }
 
 void sender_set_paused(struct sender *s, bool paused)

@@ -21,6 +21,7 @@ void stage_init(struct stage *sg, struct store *st)
 	sg->is_folded = sg->was_queued = false;
 	sg->hold_base = sg->hold_next = 0;
 	sg->held_rows = sg->held_bytes = 0;
+	sg->new_run = 0;
 }
 
 void stage_finish(struct stage *sg)
@@ -229,12 +230,76 @@ const char *stage_refusal(int r)
 	return NULL;
 }
 
+/* Profiles in a row that were new before the next one is inserted without
+ * looking it up first: a first load is one long run of them, and the lookup
+ * would cost as much as the insert. */
+#define NEW_RUN 8
+
+static const char SQL_INSERT_NEW[] = "INSERT INTO profiles (id, pending, pending_seq, pending_since, source)"
+				     " VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (id) DO NOTHING";
+
+/* Stages incoming as a new profile's pending set. Returns 1 if it was new
+ * (staged), 0 if it exists after all (nothing done), or a negative errno. */
+static int insert_new(struct stage *sg, const char *profile, size_t len, const struct attrset *incoming,
+		      const char *source)
+{
+	struct store *st = sg->st;
+	attrset_clear(&sg->accepted);
+	attrset_clear(&sg->inflight);
+	attrset_clear(&sg->pending);
+	buf_reset(&sg->blob);
+	if (attrset_overlay(&sg->pending, incoming) < 0)
+		return -ENOMEM;
+	if (profile_bytes(sg) >= PROFILE_MAX_BYTES)
+		return 0; /* the looked-up path says why */
+	int r = attrset_encode(&sg->pending, &sg->blob);
+	if (r < 0)
+		return r;
+	sqlite3_stmt *s = store_stmt(st, SQL_INSERT_NEW);
+	if (!s)
+		return -EIO;
+	int64_t now = clock_wall_ms(), seq = sg->hold_base ? sg->hold_next : st->next_seq;
+	sqlite3_bind_text(s, 1, profile, (int)len, SQLITE_STATIC);
+	sqlite3_bind_blob(s, 2, sg->blob.data, (int)sg->blob.len, SQLITE_STATIC);
+	sqlite3_bind_int64(s, 3, seq);
+	sqlite3_bind_int64(s, 4, now);
+	sqlite3_bind_text(s, 5, source, -1, SQLITE_STATIC);
+	if (step_done(s) < 0)
+		return -EIO;
+	if (sqlite3_changes(st->db) == 0)
+		return 0;
+	if ((r = dead_letters_supersede(st, profile, len, incoming)) < 0)
+		return r;
+	int64_t bytes = (int64_t)(sg->blob.len + len);
+	if (sg->hold_base) {
+		sg->hold_next++;
+		sg->held_rows++;
+		sg->held_bytes += bytes;
+	} else {
+		st->next_seq++;
+		st->staged.rows++;
+		st->staged.bytes += bytes;
+	}
+	st->staged.newest_at = now;
+	return 1;
+}
+
 int stage_profile(struct stage *sg, const char *profile, size_t profile_len,
 		  const struct attrset *incoming, const char *source, bool *was_known)
 {
 	sqlite3_stmt *s;
-	int exists = lookup(sg, profile, profile_len, &s);
 	int r;
+	if (sg->new_run >= NEW_RUN && incoming->n > 0) {
+		r = insert_new(sg, profile, profile_len, incoming, source);
+		if (r != 0) {
+			if (r > 0 && was_known)
+				*was_known = false;
+			return r;
+		}
+		sg->new_run = 0;
+	}
+	int exists = lookup(sg, profile, profile_len, &s);
+	sg->new_run = exists == 0 ? sg->new_run + 1 : 0;
 	if (exists < 0) {
 		sqlite3_reset(s);
 		return exists;

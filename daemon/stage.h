@@ -28,6 +28,7 @@ struct stage {
 	int64_t hold_base; /* 0: rows are not held (see stage_hold) */
 	int64_t hold_next; /* the next held pending_seq */
 	int64_t held_rows, held_bytes; /* staged under the hold: counted in st->staged at release */
+	int new_run;       /* profiles in a row that did not exist */
 };
 
 void stage_init(struct stage *sg, struct store *st);

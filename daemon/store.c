@@ -578,7 +578,10 @@ struct store *store_create(const char *path, unsigned flags, char *err, size_t e
 		snprintf(err, err_size, "state database %s cannot be written: %s", path, store_error(st));
 		goto fail;
 	}
-	if (st->is_new && write_sentinel(path) < 0)
+	/* Its WAL is never needed again: closing skips copying it back. */
+	if ((flags & STORE_SCRATCH) && sqlite3_db_config(st->db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, NULL) != SQLITE_OK)
+		log_warn("msg=\"cannot skip the scratch database's checkpoint\" error=\"%s\"", sqlite3_errmsg(st->db));
+	if (st->is_new && !(flags & STORE_SCRATCH) && write_sentinel(path) < 0)
 		log_warn("msg=\"cannot write the state database's sentinel\" path=\"%s\" error=\"%s\"", sentinel,
 			 strerror(errno));
 	return st;

@@ -47,7 +47,8 @@ struct store {
 };
 
 /* store_create's flags. */
-#define STORE_CHECK 1u /* PRAGMA quick_check an existing database first (seconds per GB) */
+#define STORE_CHECK 1u   /* PRAGMA quick_check an existing database first (seconds per GB) */
+#define STORE_SCRATCH 2u /* a copy to be deleted after use (a dry run): no sentinel, no checkpoint at close */
 
 /* Opens (creating if needed) the database at path in WAL mode with
  * synchronous=FULL and applies missing migrations. Refuses a database that is

@@ -165,11 +165,12 @@ def test_snapshot_rewritten_in_place_while_read(case):
     v2 = snapshot_rows("v2", 300000, first=500000)  # other ids: a stitched id would be made up
     d, path = snap_daemon(case, linger="20ms")
     write_atomic(path, csv_text(HEADER, v1))
+    new_text = csv_text(HEADER, v2).encode()  # ready before the read starts: the read takes about a second
     d.start()
     wait_for(lambda: (d.ctl("sources")["sources"][0].get("ingesting") or {}).get("rows", 0) > 20000, 30,
              "the read to be under way", interval=0.005)
     with open(path, "r+b") as f:  # the writer overtakes the reader at once
-        f.write(csv_text(HEADER, v2).encode())
+        f.write(new_text)
     with open(path, "rb") as f:
         final = f.read()
     rows = [r for r in csv.reader(io.StringIO(final.decode()))][1:]

@@ -539,6 +539,113 @@ static void test_retry_dead(void)
 	teardown();
 }
 
+/* sql_fmt with id in it, run once (not through the store's statement
+ * cache, which knows statements by their text's address). */
+static int64_t raw(const char *sql_fmt, const char *id)
+{
+	char sql[256];
+	snprintf(sql, sizeof(sql), sql_fmt, id);
+	sqlite3_stmt *s;
+	int64_t n = -1;
+	if (sqlite3_prepare_v2(st->db, sql, -1, &s, NULL) != SQLITE_OK)
+		return -1;
+	if (sqlite3_step(s) == SQLITE_ROW)
+		n = sqlite3_column_int64(s, 0);
+	sqlite3_finalize(s);
+	return n;
+}
+
+/* A complete batch's values are the mirror at once, though they stay in the
+ * pending column until folded; folding (in id order) changes nothing the
+ * mirror says, and leaves values in flight alone. */
+static void test_complete_and_fold(void)
+{
+	setup();
+	stage("f1", (const char *[]){ "a=1", NULL });
+	stage("f2", (const char *[]){ "a=2", NULL });
+	int64_t b = build(1000);
+	accept(b);
+	CHECK(raw("SELECT count(*) FROM profiles WHERE id = '%s' AND pending IS NOT NULL AND accepted IS NULL", "f1") == 1);
+	CHECK_STR(column_value(st, "f1", "accepted", "a", v, sizeof(v)), "1");
+	CHECK_STR(column_value(st, "f1", "pending", "a", v, sizeof(v)), "(none)");
+	struct queue_counts c;
+	CHECK(queue_counts(qu, false, &c) == 0 && c.pending_profiles == 0 && c.in_flight_profiles == 0);
+	/* The same values again: nothing to send. */
+	set_of(st, &in, (const char *[]){ "a=1", NULL });
+	store_begin(st);
+	CHECK(stage_profile(&sg, "f1", 2, &in, "test", NULL) == 0);
+	store_commit(st);
+	CHECK(build(1000) == 0);
+	/* f3 goes in flight; then everything is folded but f3. */
+	stage("f3", (const char *[]){ "a=3", NULL });
+	int64_t b2 = build(1000);
+	CHECK(b2 > b);
+	bool is_more = true;
+	for (int i = 0; is_more && i < 10; i++)
+		CHECK(queue_fold(qu, 1, &is_more) == 0);
+	CHECK(!is_more);
+	CHECK(raw("SELECT count(*) FROM profiles WHERE id = '%s' AND pending IS NULL AND accepted IS NOT NULL", "f1") == 1);
+	CHECK(raw("SELECT count(*) FROM profiles WHERE id = '%s' AND pending IS NULL AND accepted IS NOT NULL", "f2") == 1);
+	CHECK(raw("SELECT count(*) FROM profiles WHERE id = '%s' AND pending IS NOT NULL", "f3") == 1);
+	CHECK_STR(column_value(st, "f2", "accepted", "a", v, sizeof(v)), "2");
+	CHECK_STR(column_value(st, "f3", "inflight", "a", v, sizeof(v)), "3");
+	CHECK(q("SELECT folded FROM batches WHERE id = 1") == 1);
+	/* f3's batch completes: folded in the next pass. */
+	accept(b2);
+	is_more = true;
+	for (int i = 0; is_more && i < 10; i++)
+		CHECK(queue_fold(qu, 2, &is_more) == 0);
+	CHECK(raw("SELECT count(*) FROM profiles WHERE id = '%s' AND pending IS NULL AND accepted IS NOT NULL", "f3") == 1);
+	teardown();
+}
+
+/* Only full batches while reading (only_if_full): the exact count of what
+ * could go is reported instead, and a full batch is cut. */
+static void test_only_if_full(void)
+{
+	setup();
+	stage_many("o%02d", 5);
+	cfg.batch.max_rows = 10;
+	struct queue_build_opts o = { .max_rows = 1000, .only_if_full = true, .body_fd = -1 };
+	struct queue_cut cut;
+	CHECK(queue_build(qu, &cfg, &o, &cut) == 0 && cut.id == 0 && cut.rows == 5 && !cut.is_full);
+	CHECK(cut.bytes == (int64_t)strlen("batch=thirdPartyId,a\n") + 5 * 6);
+	CHECK(st->staged.rows == 5);
+	stage_many("p%02d", 7);
+	CHECK(queue_build(qu, &cfg, &o, &cut) == 0 && cut.id > 0 && cut.rows == 10 && cut.is_full);
+	CHECK(queue_build(qu, &cfg, &o, &cut) == 0 && cut.id == 0 && cut.rows == 2);
+	teardown();
+}
+
+/* A held read undone after a batch was cut past the place its profiles had:
+ * their earlier changes come back queued, not taken for sent. */
+static void test_hold_undone_after_a_cut(void)
+{
+	setup();
+	stage("h1", (const char *[]){ "a=old", NULL }); /* queued, seq 1 */
+	int64_t base = st->next_seq + ((int64_t)1 << 32);
+	st->hold_from = base;
+	stage_hold(&sg, base);
+	stage("h1", (const char *[]){ "a=held", NULL });
+	stage_hold(&sg, 0); /* the read goes on elsewhere; this one is cut short */
+	stage("h2", (const char *[]){ "a=2", NULL }); /* not held */
+	int64_t b = build(1000);
+	char *text = body(b);
+	CHECK_STR(text, "batch=thirdPartyId,a\nh2,2\n");
+	free(text);
+	store_begin(st);
+	CHECK(stage_undo_hold(st, base) == 0);
+	store_commit(st);
+	st->hold_from = INT64_MAX;
+	CHECK_STR(column_value(st, "h1", "pending", "a", v, sizeof(v)), "old");
+	int64_t b2 = build(1000);
+	CHECK(b2 > b);
+	text = body(b2);
+	CHECK_STR(text, "batch=thirdPartyId,a\nh1,old\n");
+	free(text);
+	teardown();
+}
+
 int main(void)
 {
 	RUN(test_body_and_acceptance);
@@ -552,5 +659,8 @@ int main(void)
 	RUN(test_retry_dead);
 	RUN(test_failed_rows);
 	RUN(test_unconfirm);
+	RUN(test_complete_and_fold);
+	RUN(test_only_if_full);
+	RUN(test_hold_undone_after_a_cut);
 	return check_result("test_queue");
 }
