@@ -9,7 +9,9 @@ so the ratios hold across machines. No pass/fail: figures only.
 Needs a build in build/ (ninja -C build)."""
 import argparse
 import json
+import math
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -51,18 +53,18 @@ def wait_for(cond, timeout, what, interval=0.05):
 
 
 class Daemon:
-    def __init__(self, work, base_url="http://127.0.0.1:9", linger="1d", extra=""):
+    def __init__(self, work, base_url="http://127.0.0.1:9", linger="1d", extra="", calls=1000, poll="100ms"):
         self.work = work
         os.makedirs(os.path.join(work, "spool"), exist_ok=True)
         self.sock = os.path.join(work, "ctl.sock")
         self.cfg = os.path.join(work, "tpsyncd.yaml")
         with open(self.cfg, "w") as f:
-            f.write(f"""target: {{client_code: demo, base_url: "{base_url}", poll_interval: 100ms, timeout: 30s}}
+            f.write(f"""target: {{client_code: demo, base_url: "{base_url}", poll_interval: {poll}, timeout: 30s}}
 state: {{database: {work}/state.db}}
 control: {{socket: {self.sock}}}
 batch: {{linger: {linger}, max_in_flight: 2}}
 retry: {{initial: 100ms, max: 1s}}
-limits: {{calls_per_minute: 1000, rows_per_day: 1000000000}}
+limits: {{calls_per_minute: {calls}, rows_per_day: 1000000000}}
 {extra}sources:
   - {{name: crm, type: spool, path: {work}/spool, id_column: customer_id, after: delete}}
 """)
@@ -128,13 +130,80 @@ def bench_staging(args, work):
     d.stop()
     for p in (first, same, changed):
         os.unlink(p)
+    out = os.path.join(work, "cut.csv")
+    r = subprocess.run([os.path.join(BUILD, "bench", "bench_encode"), os.path.join(work, "d", "state.db"), out],
+                       capture_output=True, text=True, check=True)
+    f = r.stdout.split()
+    report(f"cut one full batch from {n:,} queued (choose + encode)", float(f[0]), "s",
+           note=f"{int(f[3]):,} rows, {int(f[2]) / 1e6:.1f} MB; Target takes a call every 1.2 s at 50/min")
+    report("  folding it into the mirror later (background)", float(f[10]), "s", note="in 10,000-profile slices while idle")
+    os.unlink(out)
+
+
+def bench_first_pass(args, work):
+    """tpsyncd --once --dry-run of a first load: staging, cutting, encoding
+    (what a first full pass costs before the network), against sqlite3's
+    .import and the script a team would write instead (bench/reference_sync.py)."""
+    n, k = args.rows, args.attrs
+    print(f"first full pass: {n:,} profiles x {k} attributes, tpsyncd --once --dry-run")
+    first = os.path.join(work, "first.csv")
+    gen(n, k, first)
+    size_mb = os.path.getsize(first) / 1e6
+    imports, passes = [], []
+    for _ in range(3):  # alternated: both meet the same state of a shared machine
+        db = os.path.join(work, "import.db")
+        t = time.monotonic()
+        subprocess.run(["sqlite3", db, ".mode csv", f".import {first} t"], check=True, capture_output=True)
+        imports.append(time.monotonic() - t)
+        os.unlink(db)
+        w = os.path.join(work, "fp")
+        shutil.rmtree(w, ignore_errors=True)
+        os.makedirs(os.path.join(w, "spool"))
+        os.makedirs(os.path.join(w, "out"))
+        cfg = os.path.join(w, "tpsyncd.yaml")
+        with open(cfg, "w") as f:
+            f.write(f"""target: {{client_code: demo, base_url: "http://127.0.0.1:9"}}
+state: {{database: {w}/state.db}}
+control: {{socket: {w}/ctl.sock}}
+sources:
+  - {{name: crm, type: spool, path: {w}/spool, id_column: customer_id}}
+""")
+        os.link(first, os.path.join(w, "spool", "first.csv"))
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        t = time.monotonic()
+        subprocess.run([TPSYNCD, "-c", cfg, "--once", "--dry-run", os.path.join(w, "out")], check=True,
+                       capture_output=True)
+        passes.append(time.monotonic() - t)
+        rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        bodies = sorted(os.listdir(os.path.join(w, "out")))
+        body_bytes = sum(os.path.getsize(os.path.join(w, "out", b)) for b in bodies)
+    ref = statistics.median(imports)
+    report("sqlite3 .import (reference)", ref, "s", note=f"{size_mb:.0f} MB, median of 3")
+    script = os.path.join(work, "script")
+    os.makedirs(script)
+    t = time.monotonic()
+    subprocess.run([sys.executable, os.path.join(ROOT, "bench", "reference_sync.py"), first,
+                    os.path.join(script, "sent.db"), os.path.join(script, "body.csv")], check=True)
+    script_s = time.monotonic() - t
+    report("reference script (bench/reference_sync.py)", script_s, "s", ref, ".import",
+           "diff against SQLite + one URL-encoded body")
+    p = statistics.median(passes)
+    report("first full pass (--once --dry-run)", p, "s", ref, ".import",
+           f"median of 3; {p / script_s:.2f}x the script")
+    report("  peak RSS", max(rss, before) / 1024, "MB", note="flat in file size (see memory)")
+    fewest = max(math.ceil(body_bytes / 49000000), math.ceil(n / 500000))
+    report("  batches for the first load", len(bodies), "", note=f"fewest the limits allow: {fewest}"
+           f" ({body_bytes / 1e6:.0f} MB encoded, 49 MB and 500,000 rows a batch)")
+    shutil.rmtree(script, ignore_errors=True)
+    shutil.rmtree(os.path.join(work, "fp"), ignore_errors=True)
+    os.unlink(first)
 
 
 class Fake:
-    def __init__(self, work, *args):
+    def __init__(self, work, *args, calls=1000000):
         self.port_file = tempfile.mktemp(prefix="fake-", suffix=".port", dir=work)
         self.log = open(os.path.join(work, "fake.log"), "w")
-        self.proc = subprocess.Popen([FAKE, "--port-file", self.port_file, "--calls-per-minute", "1000000",
+        self.proc = subprocess.Popen([FAKE, "--port-file", self.port_file, "--calls-per-minute", str(calls),
                                       "--no-log", *args], stdout=self.log, stderr=subprocess.STDOUT)
         wait_for(lambda: os.path.exists(self.port_file), 10, "fake Target")
         self.url = "http://127.0.0.1:" + open(self.port_file).read().strip()
@@ -206,24 +275,40 @@ def bench_encoding(args, work):
 
 
 def bench_end_to_end(args, work):
+    """A first load into the fake Target at Target's own budget: 50 calls a
+    minute for submissions and polls together, default batch settings, the
+    first status poll a second after acceptance (target.poll_interval: 1s;
+    the default is 30s)."""
     n = args.rows
-    print(f"end to end: {n:,} profiles from a spool file to the fake Target")
+    print(f"end to end: {n:,} profiles from a spool file to the fake Target at 50 calls a minute")
     src = os.path.join(work, "e2e.csv")
     gen(n, args.attrs, src, "--seed", "9")
-    fake = Fake(work, "--status-polls", "0")
-    d = Daemon(os.path.join(work, "e2e"), base_url=fake.url, linger="0ms")
+    fake = Fake(work, calls=50)
+    d = Daemon(os.path.join(work, "e2e"), base_url=fake.url, linger="5s", calls=50, poll="1s")
     c0 = cpu_seconds(d.proc.pid)
-    t = time.monotonic()
     tmp = os.path.join(work, "e2e", "spool", "a.csv.part")
     shutil.copyfile(src, tmp)
     t = time.monotonic()
     os.rename(tmp, tmp[:-5])
-    wait_for(lambda: fake.get("/__count")["rows"] >= n, 60 + n / 2000, "delivery", interval=0.1)
+    wait_for(lambda: fake.get("/__count")["rows"] >= n, 120 + n / 2000, "delivery", interval=0.1)
+    accepted = time.monotonic() - t
+    cpu_accepted = cpu_seconds(d.proc.pid) - c0
+
+    def complete():
+        s = d.ctl("status")
+        return s and s["queue"]["pending_profiles"] == 0 and s["queue"]["batches_awaiting_status"] == 0 \
+            and s["queue"]["batches_ready"] == 0 and s["queue"]["batches_in_flight"] == 0
+    wait_for(complete, 300, "every batch's final status", interval=0.1)
     total = time.monotonic() - t
+    cpu = cpu_seconds(d.proc.pid) - c0
     cnt = fake.get("/__count")
-    report("spool file -> all rows at Target", total, "s", note=f"{n / total:,.0f} rows/s, {cnt['submissions']} requests")
+    polls = cnt["polls"]
+    report("spool file -> all rows accepted by Target", accepted, "s", note=f"{n / accepted:,.0f} rows/s")
+    report("spool file -> every batch's status complete", total, "s",
+           note=f"{cnt['submissions']} submissions + {polls} polls = {cnt['submissions'] + polls} calls")
     report("  of which the fake Target's own time", cnt["busy_seconds"], "s")
-    report("  tpsyncd CPU", cpu_seconds(d.proc.pid) - c0, "s")
+    report("  tpsyncd CPU until all rows were accepted", cpu_accepted, "s")
+    report("  tpsyncd CPU until every status was complete", cpu, "s", note="of it folding into the mirror while idle")
     d.stop()
     fake.stop()
     os.unlink(src)
@@ -323,7 +408,7 @@ def main():
     ap.add_argument("--rows", type=int, default=1000000)
     ap.add_argument("--attrs", type=int, default=10)
     ap.add_argument("--only", default="",
-                    help="comma-separated: staging,encoding,e2e,latency,idle,memory,scale (scale only on request)")
+                    help="comma-separated: staging,first_pass,encoding,e2e,latency,idle,memory,scale (scale only on request)")
     ap.add_argument("--big-rows", type=int, default=10000000)
     ap.add_argument("--idle-seconds", type=float, default=60)
     ap.add_argument("--drops", type=int, default=100)
@@ -336,7 +421,8 @@ def main():
     try:
         only = set(filter(None, a.only.split(",")))
         print(f"tpsync benchmarks on {os.cpu_count()} CPUs; {time.strftime('%Y-%m-%d')}")
-        for name, fn in [("staging", bench_staging), ("encoding", bench_encoding), ("e2e", bench_end_to_end),
+        for name, fn in [("staging", bench_staging), ("first_pass", bench_first_pass), ("encoding", bench_encoding),
+                         ("e2e", bench_end_to_end),
                          ("latency", bench_latency), ("idle", bench_idle), ("memory", bench_memory),
                          ("scale", bench_scale)]:
             if (not only and name != "scale") or name in only:

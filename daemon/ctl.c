@@ -223,9 +223,10 @@ static void print_status(json_t *r)
 	printf("; last success %s\n", ago);
 	if (!num(q, "pending_profiles"))
 		snprintf(oldest, sizeof(oldest), "-");
-	printf("queue:     %lld profiles pending (oldest %s), %lld batches ready, %lld in flight, %lld awaiting status\n",
-	       num(q, "pending_profiles"), oldest, num(q, "batches_ready"), num(q, "batches_in_flight"),
-	       num(q, "batches_awaiting_status"));
+	printf("queue:     %lld profiles pending (oldest %s), %lld in batches Target has not finished;"
+	       " %lld batches ready, %lld in flight, %lld awaiting status\n",
+	       num(q, "pending_profiles"), oldest, num(q, "in_flight_profiles"), num(q, "batches_ready"),
+	       num(q, "batches_in_flight"), num(q, "batches_awaiting_status"));
 	printf("sent:      %lld rows in %lld batches accepted (%lld complete); %lld rows in the last 24h\n",
 	       num(dl, "rows_sent"), num(dl, "batches_accepted"), num(dl, "batches_complete"), num(dl, "rows_sent_last_24h"));
 	printf("dead:      %lld dead letters%s\n", num(q, "dead_letters"),

@@ -1109,6 +1109,7 @@ void sender_status(struct sender *s, json_t *obj)
 	int64_t now = clock_wall_ms();
 	json_t *q = json_object();
 	json_object_set_new(q, "pending_profiles", json_integer(c.pending_profiles));
+	json_object_set_new(q, "in_flight_profiles", json_integer(c.in_flight_profiles));
 	json_object_set_new(q, "batches_ready", json_integer(c.batches[BATCH_READY]));
 	json_object_set_new(q, "batches_in_flight", json_integer(s->n_submits));
 	json_object_set_new(q, "batches_awaiting_status", json_integer(c.batches[BATCH_SUBMITTED]));

@@ -39,8 +39,7 @@ DROP TABLE m5_seq;
 UPDATE profiles SET inflight = (SELECT r.changed FROM batch_rows r
     WHERE r.batch_id = profiles.inflight_batch AND r.profile = profiles.id)
   WHERE inflight_batch IS NOT NULL;
-UPDATE profiles SET inflight_batch = NULL WHERE inflight IS NULL;
-UPDATE profiles SET inflight = NULL WHERE inflight_batch IS NULL AND inflight IS NOT NULL;
+UPDATE profiles SET inflight_batch = NULL WHERE inflight_batch IS NOT NULL AND inflight IS NULL;
 UPDATE batches SET rows = (SELECT count(*) FROM profiles WHERE inflight_batch = batches.id)
   WHERE state IN ('ready', 'posting');
 
