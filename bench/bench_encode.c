@@ -11,12 +11,12 @@
  *           any row has: every row one column short (a profile with an
  *           empty cell), which takes the cell-by-cell path.
  * All but build are the best of three runs.
- *   bench_encode [--again] STATE.db OUT [max_rows]
+ *   bench_encode [--again] [--fold] STATE.db OUT [max_rows]
  * With --again, the last batch built is timed again instead of a new one
  * (build_s is then 0), so that the caller can alternate these runs with its
  * reference (cat) and both meet the same state of a shared machine.
- * Then the batch is completed and its rows folded into the mirror (fold_s;
- * the daemon does that in the background, in slices).
+ * With --fold, the batch is then completed and its rows folded into the
+ * mirror (fold_s; the daemon does that in the background, in slices).
  * Prints "build_s write_s bytes rows encode_s scan_s encoded_bytes short_s
  * short_bytes body_on_the_way fold_s". */
 #include <errno.h>
@@ -142,13 +142,15 @@ static double encode_rows(const struct rows *rows, const uint32_t *ids, size_t n
 
 int main(int argc, char **argv)
 {
-	bool again = argc > 1 && strcmp(argv[1], "--again") == 0;
-	if (again) {
+	bool again = false, fold = false;
+	while (argc > 1 && (strcmp(argv[1], "--again") == 0 || strcmp(argv[1], "--fold") == 0)) {
+		again = again || strcmp(argv[1], "--again") == 0;
+		fold = fold || strcmp(argv[1], "--fold") == 0;
 		argc--;
 		argv++;
 	}
 	if (argc < 3) {
-		fprintf(stderr, "usage: bench_encode [--again] STATE.db OUT [max_rows]\n");
+		fprintf(stderr, "usage: bench_encode [--again] [--fold] STATE.db OUT [max_rows]\n");
 		return 64;
 	}
 	char err[256];
@@ -229,7 +231,7 @@ int main(int argc, char **argv)
 	/* Completing the batch costs nothing per row; folding its rows into the
 	 * mirror runs later in slices: their total here. */
 	double fold_s = 0;
-	if (!again) {
+	if (fold) {
 		if (queue_accept(q, id, NULL, NULL, 0) < 0)
 			return 1;
 		double t = now();
