@@ -34,6 +34,7 @@ static const char *const rows_modes[] = { "full_profile", "changed_only", NULL }
 static const char *const source_types[] = { "spool", "snapshot", "sqlite", "postgres", NULL };
 static const char *const after_actions[] = { "archive", "delete", NULL };
 static const char *const mutating_policies[] = { "owner", "group", NULL };
+static const char *const repair_policies[] = { "missing_or_older", "always", "never", NULL };
 
 #define C(field) offsetof(struct config, field)
 #define S(field) offsetof(struct source_config, field)
@@ -117,9 +118,25 @@ static const struct key_desc source_keys[] = {
 	{ .name = NULL }
 };
 
+static const struct key_desc verify_keys[] = {
+	{ .name = "calls_per_minute", .type = K_INT, .offset = C(verify.calls_per_minute), .min = 1, .max = 6000, .def = "30" },
+	{ .name = "min_age", .type = K_DURATION, .offset = C(verify.min_age_ms), .min = 0, .max = 30 * DAY, .def = "1h" },
+	{ .name = "repair", .type = K_ENUM, .offset = C(verify.repair), .def = "missing_or_older", .choices = repair_policies },
+	{ .name = "sample_per_hour", .type = K_INT, .offset = C(verify.sample_per_hour), .min = 0, .max = 360000, .def = "0" },
+	{ .name = "canary_id", .type = K_STRING, .offset = C(verify.canary_id), .def = "tpsync-canary" },
+	{ .name = "canary_timeout", .type = K_DURATION, .offset = C(verify.canary_timeout_ms), .min = 1000, .max = 2 * DAY, .def = "2h" },
+	{ .name = NULL }
+};
+static const struct key_desc trace_keys[] = {
+	{ .name = "events", .type = K_INT, .offset = C(trace.events), .min = 0, .max = 1000, .def = "20" },
+	{ .name = "max_age", .type = K_DURATION, .offset = C(trace.max_age_ms), .min = 1000, .max = 3650 * DAY, .def = "30d" },
+	{ .name = NULL }
+};
+
 static const struct section sections[] = {
 	{ "target", target_keys }, { "state", state_keys }, { "control", control_keys },
 	{ "batch", batch_keys }, { "retry", retry_keys }, { "limits", limits_keys },
+	{ "verify", verify_keys }, { "trace", trace_keys },
 	{ NULL, NULL }
 };
 
@@ -716,6 +733,7 @@ void config_destroy(struct config *cfg)
 	free(cfg->state.database);
 	free(cfg->control.socket);
 	free(cfg->control.group);
+	free(cfg->verify.canary_id);
 	free(cfg);
 }
 

@@ -13,6 +13,13 @@
 #define TARGET_MAX_BYTES 50000000 /* the encoded body must stay under this */
 
 enum id_type { ID_THIRD_PARTY, ID_PC };
+/* What verification queues again when Target differs from the mirror. */
+enum repair_policy {
+	REPAIR_MISSING_OR_OLDER, /* missing at Target, or older there than our acceptance */
+	REPAIR_ALWAYS,           /* also values changed in Target since (a page visit) */
+	REPAIR_NEVER,            /* report only */
+};
+
 enum rows_mode { ROWS_FULL_PROFILE, ROWS_CHANGED_ONLY };
 enum source_type { SOURCE_SPOOL, SOURCE_SNAPSHOT, SOURCE_SQLITE, SOURCE_POSTGRES };
 enum after_action { AFTER_ARCHIVE, AFTER_DELETE };
@@ -89,6 +96,18 @@ struct config {
 		int64_t calls_per_minute;       /* submissions and status polls together */
 		int64_t poll_calls_per_minute;  /* the part of it status polls may use */
 	} limits;
+	struct {
+		int64_t calls_per_minute;   /* the fetch API's own budget */
+		int64_t min_age_ms;         /* values accepted more recently are not judged */
+		enum repair_policy repair;  /* what a verification queues again */
+		int64_t sample_per_hour;    /* a steady background sample (0: none) */
+		char *canary_id;
+		int64_t canary_timeout_ms;
+	} verify;
+	struct {
+		int64_t events;     /* staging events kept per profile (0: none) */
+		int64_t max_age_ms; /* and for how long */
+	} trace;
 	struct source_config *sources;
 	size_t n_sources;
 };

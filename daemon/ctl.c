@@ -61,6 +61,31 @@ static const struct command {
 	  "goes on (its own connection, in a thread; minutes for a large one), waits for\n"
 	  "it and prints ok or the problems found. Exit 0 ok, 1 damaged. tpsyncd runs the\n"
 	  "quicker quick_check at every start. Needs root or the daemon's user." },
+	{ "verify", "ID... | --sample N | --all [--background] | --stop [--no-repair]",
+	  "compare what Target holds with the mirror, and repair",
+	  "Fetches the profiles from Target's profile fetch API (within\n"
+	  "verify.calls_per_minute), compares every attribute tpsyncd sent with the value\n"
+	  "Target last accepted, prints matched / differs (attribute, ours, Target's) /\n"
+	  "missing / changed in Target, and queues the latest values of what differs\n"
+	  "again (--no-repair only reports). A value Target changed after our acceptance\n"
+	  "(a page visit) is repaired only with verify.repair: always. Profiles with newer\n"
+	  "values pending or in flight, or accepted less than verify.min_age ago, are\n"
+	  "skipped. --all walks every profile, printing progress (--background returns at\n"
+	  "once; progress shows in status); --stop ends it. Exit 0 all matched, 1 some\n"
+	  "differed, 2 Target unreachable. Needs root or the daemon's user." },
+	{ "canary", "", "check that Target stores every special character as sent",
+	  "Sends verify.canary_id-CLASS profiles, one per character class the batch\n"
+	  "format treats specially (%, &, +, =, comma, newline, tab, quotes, non-ASCII,\n"
+	  "leading and trailing spaces), waits until the fetch API shows them (at most\n"
+	  "verify.canary_timeout) and says, class by class, whether Target stored exactly\n"
+	  "what was sent, and what to do if not. Run it first against a new Target\n"
+	  "account. Exit 0 all stored, 1 some broken, 2 unreachable." },
+	{ "trace", "ID", "everything known about one profile",
+	  "Each attribute's accepted, in-flight and pending value; the profile's last\n"
+	  "changes (trace.events, within trace.max_age), each with its source, file and\n"
+	  "line or database position, when it was staged, and the batch that carried it\n"
+	  "(our id and Target's batchId, when sent, Target's answer, its status, that\n"
+	  "row's result); dead letters; the last verification. Exit 1 for an unknown id." },
 	{ "metrics", "", "Prometheus text exposition",
 	  "Queue depth, oldest pending age, batches by state, rows by source and outcome,\n"
 	  "retries by cause, request latency histogram, dead letters, last success time.\n"
@@ -154,6 +179,19 @@ static void fmt_ago(json_t *ms, char *out, size_t size)
 		snprintf(out, size, "%lldh ago", secs / 3600);
 	else
 		snprintf(out, size, "%lldd ago", secs / 86400);
+}
+
+/* A time in ms since the epoch as UTC, "2026-12-01 23:40:05Z" ("-": none). */
+static void fmt_time(json_t *ms, char *out, size_t size)
+{
+	if (!json_is_integer(ms) || json_integer_value(ms) == 0) {
+		snprintf(out, size, "-");
+		return;
+	}
+	time_t t = (time_t)(json_integer_value(ms) / 1000);
+	struct tm tm;
+	gmtime_r(&t, &tm);
+	strftime(out, size, "%Y-%m-%d %H:%M:%SZ", &tm);
 }
 
 static void fmt_count(double v, char *out, size_t size)
@@ -269,6 +307,170 @@ static void print_dead(json_t *r)
 		       str(d, "value"), str(d, "reason"));
 }
 
+static json_t *ask(const char *path, const char *cmd, json_t *args)
+{
+	json_t *req = json_pack("{s:i, s:s, s:o}", "v", CONTROL_PROTOCOL_VERSION, "cmd", cmd, "args", args);
+	json_t *reply = req ? call(path, req) : NULL;
+	json_decref(req);
+	return reply;
+}
+
+static void print_json(json_t *r)
+{
+	char *text = json_dumps(r, JSON_INDENT(2) | JSON_SORT_KEYS);
+	if (text)
+		puts(text);
+	free(text);
+}
+
+static void print_verify(json_t *r)
+{
+	size_t i;
+	json_t *x;
+	json_array_foreach(json_object_get(r, "results"), i, x) {
+		json_t *detail = json_object_get(x, "detail");
+		if (json_object_get(x, "class")) { /* the canary */
+			bool ok = json_is_true(json_object_get(x, "ok"));
+			printf("%-10s %s\n", str(x, "class"), ok ? "stored as sent" : "BROKEN");
+			if (!ok) {
+				printf("           sent   \"%s\"\n           stored %s%s%s\n", str(x, "sent"),
+				       json_object_get(x, "stored") ? "\"" : "", json_object_get(x, "stored") ? str(x, "stored") : "(nothing)",
+				       json_object_get(x, "stored") ? "\"" : "");
+				printf("           %s\n", str(x, "advice"));
+			}
+			continue;
+		}
+		printf("%-24s %s%s\n", str(x, "profile"), str(x, "result"),
+		       json_is_true(json_object_get(detail, "repaired")) ? " (queued again)" : "");
+		if (json_object_get(detail, "why"))
+			printf("    %s\n", str(detail, "why"));
+		size_t j;
+		json_t *d;
+		json_array_foreach(json_object_get(detail, "differs"), j, d)
+			printf("    %-20s ours \"%s\", Target's %s%s%s%s\n", str(d, "attr"), str(d, "ours"),
+			       json_object_get(d, "target") ? "\"" : "", json_object_get(d, "target") ? str(d, "target") : "(none)",
+			       json_object_get(d, "target") ? "\"" : "",
+			       json_is_true(json_object_get(d, "changed_in_target")) ? " (changed in Target since)" : "");
+	}
+	printf("checked %lld: matched %lld, differed %lld, missing %lld, changed in Target %lld; repaired %lld,"
+	       " skipped %lld, errors %lld\n", num(r, "checked"), num(r, "matched"), num(r, "differed"), num(r, "missing"),
+	       num(r, "changed_in_target"), num(r, "repaired"), num(r, "skipped"), num(r, "errors"));
+	if (json_object_get(r, "last_error"))
+		printf("last error: %s\n", str(r, "last_error"));
+}
+
+/* tpsyncctl verify / canary: starts a run and follows it until it ends. */
+static int run_verify(const char *path, json_t *args, bool is_background, bool as_json)
+{
+	json_t *reply = ask(path, "verify", args);
+	if (!reply)
+		return EXIT_UNREACHABLE;
+	if (!json_is_true(json_object_get(reply, "ok"))) {
+		fprintf(stderr, "tpsyncctl: verify: %s\n", str(reply, "error"));
+		json_decref(reply);
+		return EXIT_REFUSED;
+	}
+	json_int_t run = json_integer_value(json_object_get(json_object_get(reply, "result"), "run"));
+	json_decref(reply);
+	if (is_background) {
+		printf("verification run %lld started; tpsyncctl status shows its progress\n", (long long)run);
+		return 0;
+	}
+	long long last_checked = -1;
+	for (;;) {
+		reply = ask(path, "verify-status", json_pack("{s:I}", "run", run));
+		if (!reply)
+			return EXIT_UNREACHABLE;
+		json_t *r = json_object_get(reply, "result");
+		if (!json_is_true(json_object_get(reply, "ok"))) {
+			fprintf(stderr, "tpsyncctl: verify: %s\n", str(reply, "error"));
+			json_decref(reply);
+			return EXIT_REFUSED;
+		}
+		if (strcmp(str(r, "state"), "running") != 0) {
+			if (as_json)
+				print_json(r);
+			else
+				print_verify(r);
+			bool broken = num(r, "differed") + num(r, "missing") + num(r, "changed_in_target") > 0;
+			bool unreachable = num(r, "checked") == 0 && (num(r, "errors") > 0 || strcmp(str(r, "state"), "failed") == 0);
+			json_decref(reply);
+			return unreachable ? EXIT_UNREACHABLE : broken ? EXIT_REFUSED : 0;
+		}
+		if (!as_json && strcmp(str(r, "kind"), "all") == 0 && num(r, "checked") != last_checked) {
+			last_checked = num(r, "checked");
+			printf("checked %lld (matched %lld, differed %lld, missing %lld), skipped %lld%s%s\n", last_checked,
+			       num(r, "matched"), num(r, "differed"), num(r, "missing"), num(r, "skipped"),
+			       json_object_get(r, "cursor") ? ", at " : "", json_object_get(r, "cursor") ? str(r, "cursor") : "");
+			fflush(stdout);
+		}
+		json_decref(reply);
+		sleep(1);
+	}
+}
+
+static void print_set(const char *label, json_t *set)
+{
+	const char *k;
+	json_t *v;
+	json_object_foreach(set, k, v)
+		printf("  %-10s %-24s \"%s\"\n", label, k, json_string_value(v));
+}
+
+static void print_trace(json_t *r)
+{
+	printf("profile %s\n", str(r, "id"));
+	char at[32];
+	fmt_time(json_object_get(r, "accepted_at"), at, sizeof(at));
+	printf("values (accepted %s):\n", num(r, "accepted_at") ? at : "time not known");
+	print_set("accepted", json_object_get(r, "accepted"));
+	print_set("in flight", json_object_get(r, "in_flight"));
+	print_set("pending", json_object_get(r, "pending"));
+	json_t *b = json_object_get(r, "in_flight_batch");
+	if (b)
+		printf("  in flight in batch %lld (%s)\n", num(b, "id"), str(b, "state"));
+	printf("history (newest last):\n");
+	size_t i;
+	json_t *e;
+	json_array_foreach(json_object_get(r, "history"), i, e) {
+		fmt_time(json_object_get(e, "at"), at, sizeof(at));
+		json_t *f = json_object_get(e, "file");
+		printf("  %s  %s", at, str(e, "source"));
+		if (f)
+			printf(" %s line %lld", str(f, "name"), num(e, "line"));
+		if (json_object_get(e, "position"))
+			printf(" %s", str(e, "position"));
+		printf(":");
+		size_t j;
+		json_t *a;
+		json_array_foreach(json_object_get(e, "attrs"), j, a)
+			printf(" %s", json_string_value(a));
+		printf("\n");
+		b = json_object_get(e, "batch");
+		if (b) {
+			char sent[32];
+			fmt_time(json_object_get(b, "sent_at"), sent, sizeof(sent));
+			printf("      batch %lld (Target's %s), sent %s, %s%s%s; row: %s\n", num(b, "id"),
+			       json_is_string(json_object_get(b, "target_batch_id")) ? str(b, "target_batch_id") : "-", sent,
+			       str(b, "state"), json_is_string(json_object_get(b, "last_error")) ? ": " : "",
+			       json_is_string(json_object_get(b, "last_error")) ? str(b, "last_error") : "", str(b, "row"));
+		} else {
+			printf("      not in a batch yet\n");
+		}
+	}
+	json_t *dead = json_object_get(r, "dead_letters");
+	printf("dead letters: %zu\n", json_array_size(dead));
+	json_array_foreach(dead, i, e)
+		printf("  %s = \"%s\": %s\n", str(e, "attr"), str(e, "value"), str(e, "reason"));
+	json_t *lv = json_object_get(r, "last_verification");
+	if (json_is_object(lv)) {
+		fmt_time(json_object_get(lv, "at"), at, sizeof(at));
+		printf("last verification: %s, %s (run %lld)\n", at, str(lv, "result"), num(lv, "run"));
+	} else {
+		printf("last verification: none\n");
+	}
+}
+
 int main(int argc, char **argv)
 {
 	static const struct option options[] = {
@@ -277,12 +479,16 @@ int main(int argc, char **argv)
 		{ "limit", required_argument, NULL, 'l' },
 		{ "all", no_argument, NULL, 'a' },
 		{ "state", required_argument, NULL, 'S' },
+		{ "sample", required_argument, NULL, 'n' },
+		{ "no-repair", no_argument, NULL, 'r' },
+		{ "background", no_argument, NULL, 'b' },
+		{ "stop", no_argument, NULL, 'x' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *path = getenv("TPSYNC_SOCKET") ? getenv("TPSYNC_SOCKET") : DEFAULT_SOCKET;
-	bool as_json = false, all = false;
-	long limit = 0;
+	bool as_json = false, all = false, no_repair = false, background = false, stop = false;
+	long limit = 0, sample = 0;
 	const char *state = NULL;
 	int opt;
 	while ((opt = getopt_long(argc, argv, "s:h", options, NULL)) != -1) {
@@ -304,6 +510,24 @@ int main(int argc, char **argv)
 		}
 		case 'a':
 			all = true;
+			break;
+		case 'n': {
+			char *end;
+			sample = strtol(optarg, &end, 10);
+			if (*end || sample <= 0) {
+				fprintf(stderr, "tpsyncctl: --sample takes a positive number\n");
+				return EXIT_USAGE;
+			}
+			break;
+		}
+		case 'r':
+			no_repair = true;
+			break;
+		case 'b':
+			background = true;
+			break;
+		case 'x':
+			stop = true;
 			break;
 		case 'S': {
 			enum batch_state s;
@@ -354,6 +578,69 @@ int main(int argc, char **argv)
 		return EXIT_USAGE;
 	}
 	json_t *args = json_object();
+	if (strcmp(cmd, "verify") == 0 || strcmp(cmd, "canary") == 0) {
+		if (stop) {
+			json_decref(args);
+			json_t *reply = ask(path, "verify-stop", json_pack("{s:i}", "run", 0));
+			if (!reply)
+				return EXIT_UNREACHABLE;
+			int code = json_is_true(json_object_get(reply, "ok")) ? 0 : EXIT_REFUSED;
+			if (code)
+				fprintf(stderr, "tpsyncctl: verify --stop: %s\n", str(reply, "error"));
+			else
+				printf("stopped\n");
+			json_decref(reply);
+			return code;
+		}
+		if (strcmp(cmd, "canary") == 0) {
+			json_object_set_new(args, "canary", json_true());
+		} else if (all) {
+			json_object_set_new(args, "all", json_true());
+		} else if (sample) {
+			json_object_set_new(args, "sample", json_integer(sample));
+		} else {
+			json_t *ids = json_array();
+			for (; optind < argc; optind++)
+				json_array_append_new(ids, json_string(argv[optind]));
+			if (json_array_size(ids) == 0) {
+				fprintf(stderr, "tpsyncctl: verify needs profile ids, --sample N or --all\n");
+				json_decref(ids);
+				json_decref(args);
+				return EXIT_USAGE;
+			}
+			json_object_set_new(args, "ids", ids);
+		}
+		if (optind < argc) {
+			fprintf(stderr, "tpsyncctl: unexpected argument \"%s\"\n", argv[optind]);
+			json_decref(args);
+			return EXIT_USAGE;
+		}
+		if (no_repair)
+			json_object_set_new(args, "no_repair", json_true());
+		return run_verify(path, args, background, as_json);
+	}
+	if (strcmp(cmd, "trace") == 0) {
+		if (optind + 1 != argc) {
+			fprintf(stderr, "tpsyncctl: trace needs one profile id\n");
+			json_decref(args);
+			return EXIT_USAGE;
+		}
+		json_object_set_new(args, "id", json_string(argv[optind++]));
+		json_t *reply = ask(path, "trace", args);
+		if (!reply)
+			return EXIT_UNREACHABLE;
+		int code = 0;
+		if (!json_is_true(json_object_get(reply, "ok"))) {
+			fprintf(stderr, "tpsyncctl: trace: %s\n", str(reply, "error"));
+			code = EXIT_REFUSED;
+		} else if (as_json) {
+			print_json(json_object_get(reply, "result"));
+		} else {
+			print_trace(json_object_get(reply, "result"));
+		}
+		json_decref(reply);
+		return code;
+	}
 	if (limit)
 		json_object_set_new(args, "limit", json_integer(limit));
 	if (state)

@@ -23,6 +23,9 @@
 #include "dead_letters.h"
 #include "ingest.h"
 #include "integrity.h"
+#include "history.h"
+#include "stage.h"
+#include "verify.h"
 #include "log.h"
 #include "queue.h"
 #include "sender.h"
@@ -46,6 +49,7 @@ struct daemon {
 	struct sender *sender;
 	struct control *control;
 	struct integrity *integrity;
+	struct verify *verify;
 	struct source_env env;
 	struct source **sources; /* one per cfg->sources entry */
 	size_t n_sources;
@@ -129,7 +133,7 @@ static int apply_config(struct daemon *d)
 	d->sources = NULL;
 	d->n_sources = 0;
 	int r = start_sources(d);
-	if (r < 0 || sender_reconfigure(d->sender, d->cfg) < 0) {
+	if (r < 0 || sender_reconfigure(d->sender, d->cfg) < 0 || verify_reconfigure(d->verify, d->cfg) < 0) {
 		stop_sources(d);
 		config_destroy(d->cfg);
 		d->cfg = old;
@@ -150,6 +154,8 @@ static int apply_config(struct daemon *d)
 	free(old_sources);
 	if (d->control)
 		control_set_policy(d->control, d->cfg->control.mutating);
+	d->st->history.events = d->cfg->trace.events;
+	d->st->history.max_age_ms = d->cfg->trace.max_age_ms;
 	config_destroy(old);
 	d->last_error[0] = '\0';
 	log_info("msg=\"configuration reloaded\" sources=%zu", d->n_sources);
@@ -192,6 +198,8 @@ static int reload(struct daemon *d)
 	}
 	config_destroy(d->next_cfg);
 	d->next_cfg = cfg;
+	if (verify_reload_token(d->verify) < 0)
+		snprintf(d->last_error, sizeof(d->last_error), "cannot read the token file; keeping the old token");
 	if (sender_reload_token(d->sender) < 0)
 		snprintf(d->last_error, sizeof(d->last_error), "cannot read the token file; keeping the old token");
 	if (ingest_is_idle(d->ingest))
@@ -249,6 +257,18 @@ static bool is_reading(void *arg)
 }
 
 static const struct sender_listener sender_listener = { .progress = on_batch_moved, .is_reading = is_reading };
+
+/* A verification queued values again (the canary wants them sent at once). */
+static void on_verify_queued(void *arg, bool with_flush)
+{
+	struct daemon *d = arg;
+	if (with_flush)
+		sender_flush(d->sender);
+	else
+		sender_kick(d->sender);
+}
+
+static const struct verify_listener verify_listener = { .queued = on_verify_queued };
 
 /* systemd's STATUS= line, refreshed by a timer (counting the queue is not free,
  * so it is never done per slice), and only when systemd listens. */
@@ -393,6 +413,8 @@ static json_t *cmd_status(void *arg, json_t *args, char *err, size_t size)
 		snprintf(line, sizeof(line), "ingestion held back: %s", held);
 	json_object_set_new(r, "last_error", d->last_error[0] || held ? json_string(line) : json_null());
 	sender_status(d->sender, r);
+	if (d->verify)
+		verify_status(d->verify, r);
 	json_object_set_new(r, "sources", sources_json(d));
 	json_object_set_new(r, "ingesting", json_boolean(!ingest_is_idle(d->ingest)));
 	return r;
@@ -530,6 +552,8 @@ static int write_metrics(struct daemon *d, FILE *f)
 	for (size_t i = 0; i < d->n_sources; i++)
 		source_metrics(d->sources[i], f);
 	sender_metrics(d->sender, f);
+	if (d->verify)
+		verify_metrics(d->verify, f);
 	return r;
 }
 
@@ -571,6 +595,168 @@ static json_t *cmd_check(void *arg, json_t *args, char *err, size_t size)
 	return integrity_status(d->integrity);
 }
 
+/* tpsyncctl verify (and canary): starts a run; tpsyncctl follows it with
+ * verify-status. */
+static json_t *cmd_verify(void *arg, json_t *args, char *err, size_t size)
+{
+	struct daemon *d = arg;
+	if (!d->verify) {
+		snprintf(err, size, "verification is not available in this mode");
+		return NULL;
+	}
+	json_t *ids = json_object_get(args, "ids");
+	struct verify_request req = { .is_repair = !json_is_true(json_object_get(args, "no_repair")) };
+	const char **list = NULL;
+	if (json_is_true(json_object_get(args, "canary"))) {
+		req.kind = VERIFY_CANARY;
+	} else if (json_is_true(json_object_get(args, "all"))) {
+		req.kind = VERIFY_ALL;
+	} else if (json_is_integer(json_object_get(args, "sample"))) {
+		req.kind = VERIFY_SAMPLE;
+		req.n = (size_t)json_integer_value(json_object_get(args, "sample"));
+	} else if (json_is_array(ids)) {
+		req.kind = VERIFY_IDS;
+		req.n = json_array_size(ids);
+		list = calloc(req.n + 1, sizeof(*list));
+		if (!list)
+			return NULL;
+		for (size_t i = 0; i < req.n; i++) {
+			list[i] = json_string_value(json_array_get(ids, i));
+			if (!list[i] || !*list[i]) {
+				snprintf(err, size, "ids must be profile ids (strings)");
+				free(list);
+				return NULL;
+			}
+		}
+		req.ids = list;
+	} else {
+		snprintf(err, size, "say what to verify: ids, sample, all or canary");
+		return NULL;
+	}
+	err[0] = '\0';
+	int64_t id = verify_start(d->verify, &req, err, size);
+	free(list);
+	if (id < 0) {
+		if (!err[0])
+			snprintf(err, size, "cannot start: %s", strerror((int)-id));
+		return NULL;
+	}
+	return json_pack("{s:I}", "run", (json_int_t)id);
+}
+
+static json_t *cmd_verify_status(void *arg, json_t *args, char *err, size_t size)
+{
+	struct daemon *d = arg;
+	json_t *o = d->verify ? verify_run_json(d->verify, json_integer_value(json_object_get(args, "run"))) : NULL;
+	if (!o)
+		snprintf(err, size, "no such verification run");
+	return o;
+}
+
+static json_t *cmd_verify_stop(void *arg, json_t *args, char *err, size_t size)
+{
+	struct daemon *d = arg;
+	int64_t id = json_integer_value(json_object_get(args, "run"));
+	if (!d->verify || verify_stop(d->verify, id) < 0) {
+		snprintf(err, size, "no verification run under way%s", id ? " with that id" : "");
+		return NULL;
+	}
+	return json_object();
+}
+
+/* A set as {attribute: value}. */
+static json_t *set_json(struct store *st, const struct attrset *set)
+{
+	json_t *o = json_object();
+	for (size_t i = 0; o && i < set->n; i++)
+		json_object_set_new(o, store_attr_name(st, set->kv[i].id),
+				    json_stringn(set->kv[i].val, set->kv[i].len));
+	return o;
+}
+
+/* One staging event of a profile's history, with the file it came from and
+ * the batch that carried it. */
+static json_t *event_json(struct daemon *d, const char *profile, const struct history_event *ev)
+{
+	json_t *attrs = json_array();
+	uint32_t listed = ev->n_attrs < HISTORY_MAX_ATTRS ? ev->n_attrs : HISTORY_MAX_ATTRS;
+	for (uint32_t i = 0; i < listed; i++) {
+		const char *name = store_attr_name(d->st, ev->attrs[i]);
+		json_array_append_new(attrs, json_string(name ? name : "?"));
+	}
+	json_t *o = json_pack("{s:I, s:s%, s:o}", "at", (json_int_t)ev->at, "source", ev->source, ev->source_len,
+			      "attrs", attrs);
+	if (!o)
+		return NULL;
+	if (ev->file_id) {
+		json_t *file = ingest_file_json(d->ingest, ev->file_id);
+		if (file)
+			json_object_set_new(o, "file", file);
+		json_object_set_new(o, "line", json_integer(ev->line));
+	}
+	if (ev->position_len)
+		json_object_set_new(o, "position", json_stringn(ev->position, ev->position_len));
+	int64_t batch = ev->seq ? queue_batch_of_seq(d->queue, ev->seq) : 0;
+	json_t *b = batch ? queue_batch_json(d->queue, batch) : NULL;
+	if (b) {
+		const char *result = queue_row_result(d->queue, profile, batch);
+		json_object_set_new(b, "row", json_string(result ? result : "not reported failed"));
+		json_object_set_new(o, "batch", b);
+	}
+	return o;
+}
+
+/* tpsyncctl trace ID: everything known about one profile. */
+static json_t *cmd_trace(void *arg, json_t *args, char *err, size_t size)
+{
+	struct daemon *d = arg;
+	const char *id = json_string_value(json_object_get(args, "id"));
+	if (!id || !*id) {
+		snprintf(err, size, "give a profile id");
+		return NULL;
+	}
+	struct stage sg;
+	struct stage_view v;
+	stage_init(&sg, d->st);
+	stage_view_init(&v);
+	int found = stage_read(&sg, id, strlen(id), &v);
+	json_t *dead = dead_letters_of(d->st, id, 100);
+	json_t *r = NULL;
+	if (found < 0) {
+		snprintf(err, size, "state database error: %s", store_error(d->st));
+	} else if (found == 0 && json_array_size(dead) == 0) {
+		snprintf(err, size, "unknown profile \"%s\": never staged", id);
+	} else {
+		r = json_pack("{s:s, s:o, s:o, s:o, s:I, s:O}", "id", id, "accepted", set_json(d->st, &v.accepted),
+			      "in_flight", set_json(d->st, &v.inflight), "pending", set_json(d->st, &v.pending),
+			      "accepted_at", (json_int_t)v.accepted_at, "dead_letters", dead ? dead : json_array());
+		if (r && v.batch) {
+			json_t *b = queue_batch_json(d->queue, v.batch);
+			if (b)
+				json_object_set_new(r, "in_flight_batch", b);
+		}
+		json_t *events = json_array();
+		struct history_event ev;
+		const unsigned char *p = (const unsigned char *)v.history.data, *end = p ? p + v.history.len : NULL;
+		while (history_next(&p, end, &ev) > 0) {
+			json_t *e = event_json(d, id, &ev);
+			if (e)
+				json_array_append_new(events, e);
+		}
+		if (r)
+			json_object_set_new(r, "history", events);
+		else
+			json_decref(events);
+		json_t *last = d->verify ? verify_last_json(d->verify, id) : NULL;
+		if (r)
+			json_object_set_new(r, "last_verification", last ? last : json_null());
+	}
+	json_decref(dead);
+	stage_view_finish(&v);
+	stage_finish(&sg);
+	return r;
+}
+
 static const struct control_command commands[] = {
 	{ "status", false, cmd_status },
 	{ "sources", false, cmd_sources },
@@ -584,6 +770,10 @@ static const struct control_command commands[] = {
 	{ "rescan", true, cmd_rescan },
 	{ "reload", true, cmd_reload },
 	{ "check", true, cmd_check },
+	{ "verify", true, cmd_verify },
+	{ "verify-status", false, cmd_verify_status },
+	{ "verify-stop", true, cmd_verify_stop },
+	{ "trace", false, cmd_trace },
 	{ NULL, false, NULL },
 };
 
@@ -731,6 +921,13 @@ int daemon_run(struct config *cfg, const struct daemon_options *opts)
 	d.sender = sender_create(d.base, d.st, d.queue, d.cfg, &so, &sender_listener, &d);
 	if (!d.sender)
 		goto free_modules;
+	d.st->history.events = d.cfg->trace.events;
+	d.st->history.max_age_ms = d.cfg->trace.max_age_ms;
+	if (!opts->dry_run_dir) {
+		d.verify = verify_create(d.base, d.st, d.cfg, &verify_listener, &d);
+		if (!d.verify)
+			goto free_modules;
+	}
 	d.env = (struct source_env){ .base = d.base, .st = d.st, .ingest = d.ingest,
 				     .is_dry_run = opts->dry_run_dir != NULL, .listener = &source_listener, .arg = &d };
 	if (start_sources(&d) < 0)
@@ -769,6 +966,7 @@ free_modules:
 	free_event(&d.apply_event);
 	control_destroy(d.control);
 	integrity_destroy(d.integrity);
+	verify_destroy(d.verify);
 	stop_sources(&d);
 	sender_destroy(d.sender);
 	ingest_destroy(d.ingest);

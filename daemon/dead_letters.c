@@ -55,8 +55,14 @@ static json_t *column_json(sqlite3_stmt *s, int i)
 
 json_t *dead_letters_list(struct store *st, int64_t limit)
 {
+	return dead_letters_of(st, NULL, limit);
+}
+
+json_t *dead_letters_of(struct store *st, const char *profile, int64_t limit)
+{
 	sqlite3_stmt *s = store_prepare(st, "SELECT id, profile, attr, value, batch_id, reason, attempts, last_answer,"
-					    " created_at FROM dead_letters ORDER BY id DESC LIMIT ?", "i", limit);
+					    " created_at FROM dead_letters WHERE ?2 IS NULL OR profile = ?2"
+					    " ORDER BY id DESC LIMIT ?1", "it", limit, profile);
 	json_t *arr = s ? json_array() : NULL;
 	int rc = SQLITE_DONE;
 	while (arr && (rc = sqlite3_step(s)) == SQLITE_ROW) {

@@ -41,6 +41,8 @@ int64_t dead_letters_count(struct store *st);
  * value, batch_id, reason, attempts, last_answer, created_at); NULL on a
  * database error or ENOMEM. The caller owns the array. */
 json_t *dead_letters_list(struct store *st, int64_t limit);
+/* The same for one profile (NULL: all). */
+json_t *dead_letters_of(struct store *st, const char *profile, int64_t limit);
 
 /* Takes dead letters out, oldest first: those whose ids are in ids (n of
  * them), or all of them when ids is NULL. each(arg, profile, attr, value, len)

@@ -703,8 +703,9 @@ static int phase_stage(struct ingest *ig, struct job *j, char *reason, size_t si
 		const char *why = check_row(ig, j, &rec);
 		if (!why) {
 			bool was_known = false;
+			struct stage_origin origin = { .file_id = j->file_id, .line = rec.line };
 			r = stage_profile(&ig->sg, rec.fields[j->id_col], rec.lens[j->id_col], &ig->incoming,
-					  j->req.src->name, &was_known);
+					  j->req.src->name, &origin, &was_known);
 			if (was_known)
 				j->known++;
 			why = stage_refusal(r);
@@ -1042,4 +1043,19 @@ int64_t ingest_profiles_missing(struct ingest *ig, const char *source)
 {
 	return store_int(ig->st, "SELECT missing FROM ingested_files WHERE source = ? AND state = 'done'"
 				 " AND missing IS NOT NULL ORDER BY id DESC LIMIT 1", 0, "t", source);
+}
+
+json_t *ingest_file_json(struct ingest *ig, int64_t id)
+{
+	sqlite3_stmt *s = store_prepare(ig->st, "SELECT source, name, size, state, started_at, finished_at FROM ingested_files"
+						" WHERE id = ?", "i", id);
+	json_t *o = NULL;
+	if (s && sqlite3_step(s) == SQLITE_ROW)
+		o = json_pack("{s:s, s:s, s:I, s:s, s:I, s:I}", "source", sqlite3_column_text(s, 0), "name",
+			      sqlite3_column_text(s, 1), "size", (json_int_t)sqlite3_column_int64(s, 2), "state",
+			      sqlite3_column_text(s, 3), "started_at", (json_int_t)sqlite3_column_int64(s, 4), "finished_at",
+			      (json_int_t)sqlite3_column_int64(s, 5));
+	if (s)
+		sqlite3_reset(s);
+	return o;
 }

@@ -5,6 +5,7 @@
 #ifndef TPSYNC_INGEST_H
 #define TPSYNC_INGEST_H
 
+#include <jansson.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -58,5 +59,9 @@ const char *ingest_held_back(const struct ingest *ig);
 /* The count of source's profiles missing from its last complete snapshot (0
  * when none is known), which survives restarts. */
 int64_t ingest_profiles_missing(struct ingest *ig, const char *source);
+
+/* For tpsyncctl trace: the file ingested_files knows as id ({source, name,
+ * size, state, started_at, finished_at}), or NULL. The caller owns it. */
+json_t *ingest_file_json(struct ingest *ig, int64_t id);
 
 #endif

@@ -196,7 +196,7 @@ static int release_moved(struct store *st, const struct members *m, bool is_acce
 	if (n <= 0)
 		return (int)n;
 	static const char accept_sql[] =
-		"UPDATE profiles SET accepted = tpsync_attrs_overlay(accepted, inflight), inflight = NULL,"
+		"UPDATE profiles SET accepted = tpsync_attrs_overlay(accepted, inflight), accepted_at = ?5, inflight = NULL,"
 		" inflight_batch = NULL, pending_seq = CASE WHEN pending IS NULL THEN NULL ELSE ?4 + u.n END"
 		" FROM (SELECT id, row_number() OVER (ORDER BY pending_seq, id) AS n FROM profiles WHERE " MOVED_ROWS ") u"
 		" WHERE u.id = profiles.id";
@@ -600,8 +600,10 @@ int queue_build(struct queue *q, const struct config *cfg, const struct queue_bu
 	cut->rows = rows;
 	cut->bytes = rows ? body_size(cfg, &h, rows, content) : 0;
 	if (rows == 0 || (o->only_if_full && !cut->is_full)) {
-		/* Profiles dead-lettered on the way stay so. */
-		if (dead ? store_commit(st) < 0 : (store_rollback(st), false)) {
+		/* Nothing to cut; profiles dead-lettered on the way stay so. */
+		if (!dead)
+			store_rollback(st);
+		else if (store_commit(st) < 0) {
 			r = -EIO;
 			goto out;
 		}
@@ -687,38 +689,56 @@ int queue_header_ids(struct queue *q, int64_t id, uint32_t **ids, size_t *n)
 	return 0;
 }
 
-/* Writes the rows of batch m (range members, then moved ones) to w. */
-static int write_rows(struct store *st, const struct members *m, struct body_writer *w)
+/* Calls each(arg, s) for every row of batch m, range members (in
+ * pending_seq order) then moved ones, with s's columns: the profile id, its
+ * accepted values, and the values the batch carries for it. Stops at the
+ * first negative return, which it returns; -EIO on a database error. */
+static int each_member(struct store *st, const struct members *m, int (*each)(void *arg, sqlite3_stmt *s), void *arg)
 {
 	static const char *const sql[2] = {
 		"SELECT id, accepted, pending FROM profiles WHERE " RANGE_ROWS " ORDER BY pending_seq",
 		"SELECT id, accepted, inflight FROM profiles WHERE " MOVED_ROWS,
 	};
-	struct row row;
 	int r = 0;
-	row_init(&row);
 	for (int part = 0; part < 2 && r == 0; part++) {
 		sqlite3_stmt *s = store_prepare(st, sql[part], "iii", m->id, m->lo, m->hi);
-		if (!s) {
-			r = -EIO;
-			break;
-		}
+		if (!s)
+			return -EIO;
 		int rc;
-		while (r == 0 && (rc = sqlite3_step(s)) == SQLITE_ROW) {
-			r = row_load(&row, s, 1, 2, m->is_full_rows);
-			if (r == 0)
-				r = body_writer_row(w, (const char *)sqlite3_column_text(s, 0),
-						    (size_t)sqlite3_column_bytes(s, 0), row.blob, row.len);
-			if (r == 0)
-				r = body_writer_flush(w, BODY_WRITER_CHUNK);
-		}
+		while (r == 0 && (rc = sqlite3_step(s)) == SQLITE_ROW)
+			r = each(arg, s);
 		if (r == 0 && rc != SQLITE_DONE) {
 			store_note_error(st);
 			r = -EIO;
 		}
 		sqlite3_reset(s);
 	}
-	row_finish(&row);
+	return r;
+}
+
+struct row_writer {
+	struct body_writer *w;
+	struct row row;
+	bool is_full_rows;
+};
+
+static int write_row(void *arg, sqlite3_stmt *s)
+{
+	struct row_writer *rw = arg;
+	int r = row_load(&rw->row, s, 1, 2, rw->is_full_rows);
+	if (r == 0)
+		r = body_writer_row(rw->w, (const char *)sqlite3_column_text(s, 0), (size_t)sqlite3_column_bytes(s, 0),
+				    rw->row.blob, rw->row.len);
+	return r < 0 ? r : body_writer_flush(rw->w, BODY_WRITER_CHUNK);
+}
+
+/* Writes the rows of batch m to w. */
+static int write_rows(struct store *st, const struct members *m, struct body_writer *w)
+{
+	struct row_writer rw = { .w = w, .is_full_rows = m->is_full_rows };
+	row_init(&rw.row);
+	int r = each_member(st, m, write_row, &rw);
+	row_finish(&rw.row);
 	return r;
 }
 
@@ -851,48 +871,40 @@ int queue_auth_failed(struct queue *q, int64_t id)
 				" last_error = 'authentication failed' WHERE id = ?1", "it", id, S(BATCH_READY));
 }
 
-/* Each value of batch m's rows (range members' pending, moved members'
- * inflight) becomes a dead letter with reason and answer. */
+struct member_letters {
+	struct store *st;
+	const struct members *m;
+	const char *reason, *answer;
+	int64_t attempts;
+	struct attrset values;
+};
+
+static int dead_letter_row(void *arg, sqlite3_stmt *s)
+{
+	struct member_letters *ml = arg;
+	if (attrset_decode(&ml->values, sqlite3_column_blob(s, 2), (size_t)sqlite3_column_bytes(s, 2)) < 0)
+		return -EINVAL;
+	int r = 0;
+	for (size_t i = 0; i < ml->values.n && r == 0; i++) {
+		struct dead_letter dl = {
+			.profile = (const char *)sqlite3_column_text(s, 0), .profile_len = (size_t)sqlite3_column_bytes(s, 0),
+			.attr = store_attr_name(ml->st, ml->values.kv[i].id),
+			.value = ml->values.kv[i].val, .value_len = ml->values.kv[i].len,
+			.batch_id = ml->m->id, .reason = ml->reason, .attempts = ml->attempts, .last_answer = ml->answer,
+		};
+		r = dead_letters_add(ml->st, &dl);
+	}
+	return r;
+}
+
+/* Each value batch m carries becomes a dead letter with reason and answer. */
 static int dead_letter_members(struct store *st, const struct members *m, const char *reason, const char *answer)
 {
-	static const char *const sql[2] = {
-		"SELECT id, pending FROM profiles WHERE " RANGE_ROWS,
-		"SELECT id, inflight FROM profiles WHERE " MOVED_ROWS,
-	};
-	int64_t attempts = store_int(st, "SELECT attempts FROM batches WHERE id = ?", 0, "i", m->id);
-	struct attrset values;
-	int r = 0;
-	attrset_init(&values);
-	for (int part = 0; part < 2 && r == 0; part++) {
-		sqlite3_stmt *s = store_prepare(st, sql[part], "iii", m->id, m->lo, m->hi);
-		if (!s) {
-			r = -EIO;
-			break;
-		}
-		int rc;
-		while (r == 0 && (rc = sqlite3_step(s)) == SQLITE_ROW) {
-			if (attrset_decode(&values, sqlite3_column_blob(s, 1), (size_t)sqlite3_column_bytes(s, 1)) < 0) {
-				r = -EINVAL;
-				break;
-			}
-			for (size_t i = 0; i < values.n && r == 0; i++) {
-				struct dead_letter dl = {
-					.profile = (const char *)sqlite3_column_text(s, 0),
-					.profile_len = (size_t)sqlite3_column_bytes(s, 0),
-					.attr = store_attr_name(st, values.kv[i].id),
-					.value = values.kv[i].val, .value_len = values.kv[i].len,
-					.batch_id = m->id, .reason = reason, .attempts = attempts, .last_answer = answer,
-				};
-				r = dead_letters_add(st, &dl);
-			}
-		}
-		if (r == 0 && rc != SQLITE_DONE) {
-			store_note_error(st);
-			r = -EIO;
-		}
-		sqlite3_reset(s);
-	}
-	attrset_finish(&values);
+	struct member_letters ml = { .st = st, .m = m, .reason = reason, .answer = answer,
+				     .attempts = store_int(st, "SELECT attempts FROM batches WHERE id = ?", 0, "i", m->id) };
+	attrset_init(&ml.values);
+	int r = each_member(st, m, dead_letter_row, &ml);
+	attrset_finish(&ml.values);
 	return r;
 }
 
@@ -1090,9 +1102,11 @@ static int row_failed(void *arg, const char *profile, size_t len)
 	char *id = strndup(profile, len);
 	if (!id)
 		return -ENOMEM;
-	int r = 0;
 	int64_t now = clock_wall_ms();
-	if (failures >= c->max_failures) {
+	/* For tpsyncctl trace: this batch's row for the profile failed. */
+	int r = store_run(st, "INSERT OR IGNORE INTO row_results (profile, batch_id, result, at) VALUES (?, ?, 'failed', ?)",
+			  "sii", profile, (int)len, c->m.id, now);
+	if (r == 0 && failures >= c->max_failures) {
 		char reason[256];
 		snprintf(reason, sizeof(reason), "Target reported this profile's row failed %lld times in a row (batch %lld)",
 			 (long long)failures, (long long)c->m.id);
@@ -1115,7 +1129,7 @@ static int row_failed(void *arg, const char *profile, size_t len)
 			r = store_run(st, "UPDATE profiles SET pending = NULL, pending_seq = NULL, pending_since = NULL"
 					  " WHERE id = ?", "s", profile, (int)len);
 		c->res->dead++;
-	} else {
+	} else if (r == 0) {
 		if (is_moved)
 			r = store_run(st, "UPDATE profiles SET pending = tpsync_attrs_overlay(inflight, pending), inflight = NULL,"
 					  " inflight_batch = NULL, pending_seq = ?2, pending_since = coalesce(pending_since, ?3)"
@@ -1159,6 +1173,8 @@ int queue_complete(struct queue *q, int64_t id, const struct queue_counts_at_tar
 				    " AND p.pending_seq BETWEEN ?2 AND ?3 AND p.inflight_batch IS NULL))", &c.m, 0, 0);
 	if (r == 0)
 		r = complete_members(q, id);
+	if (r == 0 && res->requeued + res->dead > 0)
+		r = store_run(st, "DELETE FROM row_results WHERE at < ?", "i", clock_wall_ms() - st->history.max_age_ms);
 	sqlite3_stmt *u = r == 0 ? store_prepare(st, "UPDATE batches SET state = ?7, target_status = 'complete',"
 						     " completed_at = ?2, consumed = ?3, successful = ?4, not_found = ?5,"
 						     " failed = ?6, polls = polls + 1, last_error = NULL, rows_requeued = ?8,"
@@ -1297,7 +1313,7 @@ int queue_run_echoes(struct queue *q, int64_t now, int *n, int64_t *next_at)
 			continue;
 		}
 		if (r == 0)
-			r = stage_refresh_all(&q->sg, profile);
+			r = stage_refresh_all(&q->sg, profile, "echo: a request whose answer never came");
 		if (r == 0)
 			r = store_run(st, "DELETE FROM echoes WHERE profile = ?", "s", profile, (int)len);
 		(*n)++;
@@ -1330,7 +1346,7 @@ static int restore_one(void *arg, const char *profile, const char *attr, const c
 	attrset_init(&one);
 	int r = attrset_put(&one, (uint32_t)aid, value, (uint32_t)len);
 	if (r == 0)
-		r = stage_restore(&q->sg, profile, &one);
+		r = stage_restore(&q->sg, profile, &one, "retry-dead");
 	attrset_finish(&one);
 	return r;
 }
@@ -1374,7 +1390,8 @@ int queue_fold(struct queue *q, int64_t max_rows, bool *is_more)
 		sqlite3_reset(s);
 	bool is_last = r == 0 && rc == SQLITE_DONE;
 	if (r == 0)
-		r = store_run(st, "UPDATE profiles SET accepted = tpsync_attrs_overlay(accepted, pending), pending = NULL,"
+		r = store_run(st, "UPDATE profiles SET accepted = tpsync_attrs_overlay(accepted, pending),"
+				  " accepted_at = tpsync_completed_at(pending_seq), pending = NULL,"
 				  " pending_seq = NULL, pending_since = NULL WHERE id > ?1 AND (?2 IS NULL OR id <= ?2)"
 				  " AND pending IS NOT NULL AND inflight_batch IS NULL AND pending_seq <= ?3"
 				  " AND tpsync_in_flight(pending_seq) = 0", "ssi",
@@ -1429,12 +1446,40 @@ int queue_counts(struct queue *q, bool with_all_states, struct queue_counts *c)
 	return failed ? -EIO : 0;
 }
 
+static json_t *queue_batches_json_where(struct queue *q, int64_t limit, const enum batch_state *state, int64_t id);
+
+int64_t queue_batch_of_seq(struct queue *q, int64_t seq)
+{
+	return store_int(q->st, "SELECT id FROM batches WHERE seq_hi >= ?1 AND seq_lo <= ?1 ORDER BY seq_hi - seq_lo, id"
+				" LIMIT 1", 0, "i", seq);
+}
+
+const char *queue_row_result(struct queue *q, const char *profile, int64_t id)
+{
+	return store_int(q->st, "SELECT count(*) FROM row_results WHERE profile = ? AND batch_id = ?", 0, "ti", profile,
+			 id) > 0 ? "failed" : NULL;
+}
+
+json_t *queue_batch_json(struct queue *q, int64_t id)
+{
+	json_t *arr = queue_batches_json_where(q, 1, NULL, id);
+	json_t *o = json_incref(json_array_get(arr, 0));
+	json_decref(arr);
+	return o;
+}
+
 json_t *queue_batches_json(struct queue *q, int64_t limit, const enum batch_state *state)
+{
+	return queue_batches_json_where(q, limit, state, 0);
+}
+
+static json_t *queue_batches_json_where(struct queue *q, int64_t limit, const enum batch_state *state, int64_t id)
 {
 	sqlite3_stmt *s = store_prepare(q->st, "SELECT id, state, rows, bytes, attempts, created_at, sent_at, answered_at,"
 					       " completed_at, target_batch_id, target_status, successful, not_found, failed,"
-					       " http_status, last_error FROM batches WHERE ?2 IS NULL OR state = ?2"
-					       " ORDER BY id DESC LIMIT ?1", "it", limit, state ? S(*state) : NULL);
+					       " http_status, last_error FROM batches WHERE (?2 IS NULL OR state = ?2)"
+					       " AND (?3 = 0 OR id = ?3) ORDER BY id DESC LIMIT ?1", "iti", limit,
+					state ? S(*state) : NULL, id);
 	json_t *arr = s ? json_array() : NULL;
 	int rc = SQLITE_DONE;
 	while (arr && (rc = sqlite3_step(s)) == SQLITE_ROW) {

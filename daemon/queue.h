@@ -205,6 +205,14 @@ int queue_counts(struct queue *q, bool with_all_states, struct queue_counts *c);
 /* Rows sent in the 24 hours before now. */
 int64_t queue_rows_last_day(struct queue *q, int64_t now);
 
+/* For tpsyncctl trace: batch id as a JSON object (as in queue_batches_json;
+ * NULL when there is none), the batch whose range held pending_seq seq (the
+ * narrowest: a split half rather than the whole; 0: none), and what Target
+ * said of profile's row in batch id ("failed", or NULL: nothing listed). */
+json_t *queue_batch_json(struct queue *q, int64_t id);
+int64_t queue_batch_of_seq(struct queue *q, int64_t seq);
+const char *queue_row_result(struct queue *q, const char *profile, int64_t id);
+
 /* The newest limit batches (in state, when not NULL) as a JSON array (id,
  * state, rows, bytes, attempts, times, Target's batch id, status and counts,
  * last error); NULL on a database error or ENOMEM. The caller owns it. */

@@ -108,11 +108,14 @@ int source_db_map_build(struct source *s, struct source_db_map *m, int n, const 
 void source_db_map_reset(struct source_db_map *m);
 void source_db_map_finish(struct source_db_map *m);
 
-/* Stages the row whose values are in m->incoming under id, or rejects it (with
- * why, when the caller already knows the row is bad; the id is checked here):
- * counted, noted as the source's last error and logged. Returns 0, or a negative
- * errno when the state database failed (the slice must be rolled back). */
-int source_db_stage_row(struct source *s, struct source_db_map *m, const char *id, size_t id_len, const char *why);
+/* Stages the row whose values are in m->incoming under id, read at position
+ * (its cursor value as text, for the profile's history; may be NULL), or
+ * rejects it (with why, when the caller already knows the row is bad; the id
+ * is checked here): counted, noted as the source's last error and logged.
+ * Returns 0, or a negative errno when the state database failed (the slice
+ * must be rolled back). */
+int source_db_stage_row(struct source *s, struct source_db_map *m, const char *id, size_t id_len, const char *position,
+			const char *why);
 
 /* Sets s->stats.last_error (about the source itself, not one row). */
 void source_db_note(struct source *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

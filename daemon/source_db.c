@@ -88,13 +88,15 @@ int source_db_map_build(struct source *s, struct source_db_map *m, int n, const 
 	return 0;
 }
 
-int source_db_stage_row(struct source *s, struct source_db_map *m, const char *id, size_t id_len, const char *why)
+int source_db_stage_row(struct source *s, struct source_db_map *m, const char *id, size_t id_len, const char *position,
+			const char *why)
 {
 	s->stats.rows_read++;
 	if (!why)
 		why = target_profile_id_problem(id, id_len);
 	if (!why) {
-		int r = stage_profile(&m->sg, id, id_len, &m->incoming, s->cfg->name, NULL);
+		struct stage_origin origin = { .position = position };
+		int r = stage_profile(&m->sg, id, id_len, &m->incoming, s->cfg->name, &origin, NULL);
 		why = stage_refusal(r);
 		if (!why && r < 0)
 			return r;

@@ -527,7 +527,8 @@ static int stage_slice(struct source *s, PGresult *res)
 				why = "out of memory";
 		}
 		const char *id = PQgetisnull(res, row, m->id_col) ? NULL : PQgetvalue(res, row, m->id_col);
-		r = source_db_stage_row(s, m, id, id ? (size_t)PQgetlength(res, row, m->id_col) : 0, why);
+		const char *position = PQgetisnull(res, row, m->cursor_col) ? NULL : PQgetvalue(res, row, m->cursor_col);
+		r = source_db_stage_row(s, m, id, id ? (size_t)PQgetlength(res, row, m->id_col) : 0, position, why);
 	}
 	/* The position reached: the last row's (cursor, id), committed with the rows. */
 	const char *cur = PQgetvalue(res, rows - 1, m->cursor_col), *id = PQgetvalue(res, rows - 1, m->id_col);

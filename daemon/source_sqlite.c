@@ -254,7 +254,11 @@ static int read_slice(struct source *s)
 		for (int i = 0; !why && i < n; i++)
 			if (attrset_put(&m->incoming, m->col_attr[cols[i]], x->values.data + offs[i], (uint32_t)lens[i]) < 0)
 				why = "out of memory";
-		r = source_db_stage_row(s, m, id, id_len, why);
+		/* The cursor value as text, from a copy: converting the column in
+		 * place would change the value kept as the read position. */
+		sqlite3_value *at = sqlite3_value_dup(sqlite3_column_value(x->q, x->map.cursor_col));
+		r = source_db_stage_row(s, m, id, id_len, at ? (const char *)sqlite3_value_text(at) : NULL, why);
+		sqlite3_value_free(at);
 		if (r < 0)
 			break;
 		sqlite3_value_free(x->cursor);

@@ -8,6 +8,7 @@
 
 #include "clock.h"
 #include "dead_letters.h"
+#include "history.h"
 
 void stage_init(struct stage *sg, struct store *st)
 {
@@ -17,6 +18,7 @@ void stage_init(struct stage *sg, struct store *st)
 	attrset_init(&sg->pending);
 	buf_init(&sg->blob);
 	buf_init(&sg->moved_blob);
+	buf_init(&sg->history_blob);
 	sg->moved_to = 0;
 	sg->is_folded = sg->was_queued = false;
 	sg->hold_base = sg->hold_next = 0;
@@ -31,28 +33,30 @@ void stage_finish(struct stage *sg)
 	attrset_finish(&sg->pending);
 	buf_finish(&sg->blob);
 	buf_finish(&sg->moved_blob);
+	buf_finish(&sg->history_blob);
 }
 
-static const char SQL_LOOKUP[] = "SELECT accepted, inflight, pending, source, pending_seq, pending_since, inflight_batch"
-				 " FROM profiles WHERE id = ?";
-static const char SQL_INSERT[] =
-	"INSERT INTO profiles (id, pending, pending_seq, pending_since, source) VALUES (?1, ?2, ?3, ?4, ?5)";
+static const char SQL_LOOKUP[] = "SELECT accepted, inflight, pending, source, pending_seq, pending_since, inflight_batch,"
+				 " history, accepted_at FROM profiles WHERE id = ?";
+static const char SQL_INSERT[] = "INSERT INTO profiles (id, pending, pending_seq, pending_since, source, history)"
+				 " VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 /* The common case: queued changes (the row's pending set, if any, was queued
- * too and keeps its place). */
+ * too and keeps its place and its age). */
 static const char SQL_SET_PENDING[] =
-	"UPDATE profiles SET pending = ?2, pending_seq = coalesce(pending_seq, ?3),"
-	" pending_since = coalesce(pending_since, ?4), source = coalesce(?5, source) WHERE id = ?1";
+	"UPDATE profiles SET pending = ?2, pending_seq = ?3, pending_since = coalesce(pending_since, ?4),"
+	" source = coalesce(?5, source), history = ?6 WHERE id = ?1";
 /* Held, or the row's pending set was not queued (see classify): the profile
  * takes a new place. */
 static const char SQL_SET_PENDING_AT[] =
-	"UPDATE profiles SET pending = ?2, pending_seq = ?3, pending_since = ?4, source = coalesce(?5, source)"
-	" WHERE id = ?1";
+	"UPDATE profiles SET pending = ?2, pending_seq = ?3, pending_since = ?4, source = coalesce(?5, source),"
+	" history = ?6 WHERE id = ?1";
 static const char SQL_CLEAR_PENDING[] =
-	"UPDATE profiles SET pending = NULL, pending_seq = NULL, pending_since = NULL WHERE id = ?1";
+	"UPDATE profiles SET pending = NULL, pending_seq = NULL, pending_since = NULL, history = ?2 WHERE id = ?1";
 /* The row's pending set becomes its batch's in-flight values. */
 static const char SQL_MOVE_TO_INFLIGHT[] = "UPDATE profiles SET inflight = ?2, inflight_batch = ?3 WHERE id = ?1";
-/* The row's pending set was accepted: it goes into accepted. */
-static const char SQL_FOLD[] = "UPDATE profiles SET accepted = ?2 WHERE id = ?1";
+/* The row's pending set was accepted: it goes into accepted, with the time
+ * its batch completed. */
+static const char SQL_FOLD[] = "UPDATE profiles SET accepted = ?2, accepted_at = tpsync_completed_at(?3) WHERE id = ?1";
 
 static int decode_col(sqlite3_stmt *s, int col, struct attrset *set)
 {
@@ -125,10 +129,36 @@ static int lookup(struct stage *sg, const char *profile, size_t len, sqlite3_stm
 	return classify(sg, s) < 0 ? -ENOMEM : 1;
 }
 
-/* Encodes what must be written of the looked-up row into sg's blobs, before
- * the lookup is reset (the sets point into it). Returns 0 or -ENOMEM. */
-static int encode_sets(struct stage *sg)
+/* Notes that the staging under way changed attribute id (for its history
+ * event). */
+static void note_changed(struct stage *sg, uint32_t id)
 {
+	if (sg->ev.n_attrs < HISTORY_MAX_ATTRS)
+		sg->ev.attrs[sg->ev.n_attrs] = id;
+	sg->ev.n_attrs++;
+}
+
+/* Starts the history event of a staging from source and origin (NULL: none). */
+static void begin_event(struct stage *sg, const char *source, const struct stage_origin *origin)
+{
+	struct history_event *ev = &sg->ev;
+	ev->n_attrs = 0;
+	ev->source = source ? source : "";
+	ev->source_len = strlen(ev->source);
+	ev->file_id = origin ? origin->file_id : 0;
+	ev->line = origin ? origin->line : 0;
+	ev->position = origin && origin->position ? origin->position : "";
+	ev->position_len = strlen(ev->position);
+}
+
+/* Decides where the profile's pending set goes (sg->write_seq: its
+ * pending_seq, 0 when it is empty) and encodes what must be written of the
+ * looked-up row s (NULL: a new profile) into sg's blobs: the pending set, what
+ * classify found, and the history with this staging's event; before the
+ * lookup is reset (the sets point into it). Returns 0 or -ENOMEM. */
+static int encode_sets(struct stage *sg, sqlite3_stmt *s)
+{
+	struct store *st = sg->st;
 	buf_reset(&sg->blob);
 	buf_reset(&sg->moved_blob);
 	int r = attrset_encode(&sg->pending, &sg->blob);
@@ -136,7 +166,17 @@ static int encode_sets(struct stage *sg)
 		r = attrset_encode(&sg->inflight, &sg->moved_blob);
 	else if (r == 0 && sg->is_folded)
 		r = attrset_encode(&sg->accepted, &sg->moved_blob);
-	return r;
+	if (r < 0)
+		return r;
+	bool keeps_place = s && sg->was_queued && !sg->hold_base;
+	sg->write_seq = sg->pending.n == 0 ? 0 : keeps_place ? sqlite3_column_int64(s, 4)
+				       : sg->hold_base ? sg->hold_next : st->next_seq;
+	sg->ev.seq = sg->write_seq;
+	sg->ev.at = clock_wall_ms();
+	const void *old = s ? sqlite3_column_blob(s, 7) : NULL;
+	size_t old_len = s ? (size_t)sqlite3_column_bytes(s, 7) : 0;
+	return history_append(old, old_len, &sg->ev, (size_t)st->history.events, sg->ev.at - st->history.max_age_ms,
+			      &sg->history_blob);
 }
 
 static int step_done(sqlite3_stmt *s)
@@ -146,10 +186,17 @@ static int step_done(sqlite3_stmt *s)
 	return rc == SQLITE_DONE ? 0 : -EIO;
 }
 
-/* Writes the profile's sets back: the pending set from sg->blob, and what
- * classify found (sg->moved_blob). Counts a profile newly queued in
- * st->staged (or in the hold's count). */
-static int store_pending(struct stage *sg, const char *profile, size_t len, bool exists, const char *source)
+static void bind_history(struct stage *sg, sqlite3_stmt *s, int i)
+{
+	if (sg->history_blob.len)
+		sqlite3_bind_blob(s, i, sg->history_blob.data, (int)sg->history_blob.len, SQLITE_STATIC);
+}
+
+/* Writes the profile's sets back as encode_sets prepared them (the old
+ * pending_seq of the row in old_seq, for a fold). Counts a profile newly
+ * queued in st->staged (or in the hold's count). */
+static int store_pending(struct stage *sg, const char *profile, size_t len, bool exists, const char *source,
+			 int64_t old_seq)
 {
 	struct store *st = sg->st;
 	sqlite3_stmt *s;
@@ -160,8 +207,7 @@ static int store_pending(struct stage *sg, const char *profile, size_t len, bool
 		sqlite3_bind_text(s, 1, profile, (int)len, SQLITE_STATIC);
 		sqlite3_bind_blob(s, 2, sg->moved_blob.data ? sg->moved_blob.data : "", (int)sg->moved_blob.len,
 				  SQLITE_STATIC);
-		if (sg->moved_to)
-			sqlite3_bind_int64(s, 3, sg->moved_to);
+		sqlite3_bind_int64(s, 3, sg->moved_to ? sg->moved_to : old_seq);
 		if (step_done(s) < 0)
 			return -EIO;
 	}
@@ -172,6 +218,7 @@ static int store_pending(struct stage *sg, const char *profile, size_t len, bool
 		if (!s)
 			return -EIO;
 		sqlite3_bind_text(s, 1, profile, (int)len, SQLITE_STATIC);
+		bind_history(sg, s, 2);
 		return step_done(s);
 	}
 	bool keeps_place = exists && sg->was_queued && !sg->hold_base;
@@ -180,13 +227,19 @@ static int store_pending(struct stage *sg, const char *profile, size_t len, bool
 		return -EIO;
 	sqlite3_bind_text(s, 1, profile, (int)len, SQLITE_STATIC);
 	sqlite3_bind_blob(s, 2, sg->blob.data, (int)sg->blob.len, SQLITE_STATIC);
-	sqlite3_bind_int64(s, 3, sg->hold_base ? sg->hold_next++ : st->next_seq++);
-	int64_t now = clock_wall_ms();
-	sqlite3_bind_int64(s, 4, now);
+	sqlite3_bind_int64(s, 3, sg->write_seq);
+	sqlite3_bind_int64(s, 4, sg->ev.at);
 	if (source)
 		sqlite3_bind_text(s, 5, source, -1, SQLITE_STATIC);
+	bind_history(sg, s, 6);
 	if (step_done(s) < 0)
 		return -EIO;
+	if (!keeps_place) {
+		if (sg->hold_base)
+			sg->hold_next++;
+		else
+			st->next_seq++;
+	}
 	int64_t rows = sg->was_queued ? 0 : 1, bytes = (int64_t)(sg->blob.len + len);
 	if (sg->hold_base) {
 		sg->held_rows += rows;
@@ -195,7 +248,7 @@ static int store_pending(struct stage *sg, const char *profile, size_t len, bool
 		st->staged.rows += rows;
 		st->staged.bytes += bytes;
 	}
-	st->staged.newest_at = now;
+	st->staged.newest_at = sg->ev.at;
 	return 0;
 }
 
@@ -235,8 +288,8 @@ const char *stage_refusal(int r)
  * would cost as much as the insert. */
 #define NEW_RUN 8
 
-static const char SQL_INSERT_NEW[] = "INSERT INTO profiles (id, pending, pending_seq, pending_since, source)"
-				     " VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (id) DO NOTHING";
+static const char SQL_INSERT_NEW[] = "INSERT INTO profiles (id, pending, pending_seq, pending_since, source, history)"
+				     " VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (id) DO NOTHING";
 
 /* Stages incoming as a new profile's pending set. Returns 1 if it was new
  * (staged), 0 if it exists after all (nothing done), or a negative errno. */
@@ -247,23 +300,27 @@ static int insert_new(struct stage *sg, const char *profile, size_t len, const s
 	attrset_clear(&sg->accepted);
 	attrset_clear(&sg->inflight);
 	attrset_clear(&sg->pending);
-	buf_reset(&sg->blob);
+	sg->moved_to = 0;
+	sg->is_folded = sg->was_queued = false;
 	if (attrset_overlay(&sg->pending, incoming) < 0)
 		return -ENOMEM;
 	if (profile_bytes(sg) >= PROFILE_MAX_BYTES)
 		return 0; /* the looked-up path says why */
-	int r = attrset_encode(&sg->pending, &sg->blob);
+	sg->ev.n_attrs = 0;
+	for (size_t i = 0; i < incoming->n; i++)
+		note_changed(sg, incoming->kv[i].id);
+	int r = encode_sets(sg, NULL);
 	if (r < 0)
 		return r;
 	sqlite3_stmt *s = store_stmt(st, SQL_INSERT_NEW);
 	if (!s)
 		return -EIO;
-	int64_t now = clock_wall_ms(), seq = sg->hold_base ? sg->hold_next : st->next_seq;
 	sqlite3_bind_text(s, 1, profile, (int)len, SQLITE_STATIC);
 	sqlite3_bind_blob(s, 2, sg->blob.data, (int)sg->blob.len, SQLITE_STATIC);
-	sqlite3_bind_int64(s, 3, seq);
-	sqlite3_bind_int64(s, 4, now);
+	sqlite3_bind_int64(s, 3, sg->write_seq);
+	sqlite3_bind_int64(s, 4, sg->ev.at);
 	sqlite3_bind_text(s, 5, source, -1, SQLITE_STATIC);
+	bind_history(sg, s, 6);
 	if (step_done(s) < 0)
 		return -EIO;
 	if (sqlite3_changes(st->db) == 0)
@@ -280,15 +337,16 @@ static int insert_new(struct stage *sg, const char *profile, size_t len, const s
 		st->staged.rows++;
 		st->staged.bytes += bytes;
 	}
-	st->staged.newest_at = now;
+	st->staged.newest_at = sg->ev.at;
 	return 1;
 }
 
-int stage_profile(struct stage *sg, const char *profile, size_t profile_len,
-		  const struct attrset *incoming, const char *source, bool *was_known)
+int stage_profile(struct stage *sg, const char *profile, size_t profile_len, const struct attrset *incoming,
+		  const char *source, const struct stage_origin *origin, bool *was_known)
 {
 	sqlite3_stmt *s;
 	int r;
+	begin_event(sg, source, origin);
 	if (sg->new_run >= NEW_RUN && incoming->n > 0) {
 		r = insert_new(sg, profile, profile_len, incoming, source);
 		if (r != 0) {
@@ -322,10 +380,12 @@ int stage_profile(struct stage *sg, const char *profile, size_t profile_len,
 			else if ((r = attrset_put(&sg->pending, in->id, in->val, in->len)) < 0)
 				goto reset;
 			changed = true;
+			note_changed(sg, in->id);
 		} else if (!attr_kv_equals(basis, in->val, in->len)) {
 			if ((r = attrset_put(&sg->pending, in->id, in->val, in->len)) < 0)
 				goto reset;
 			changed = true;
+			note_changed(sg, in->id);
 		}
 	}
 	/* Even a value equal to what Target has is newer than a dead letter's. */
@@ -350,11 +410,12 @@ int stage_profile(struct stage *sg, const char *profile, size_t profile_len,
 		goto reset;
 	}
 	/* The sets point into the lookup's row: encode before resetting it. */
-	r = encode_sets(sg);
+	r = encode_sets(sg, exists == 1 ? s : NULL);
+	int64_t old_seq = exists == 1 ? sqlite3_column_int64(s, 4) : 0;
 	sqlite3_reset(s);
 	if (r < 0)
 		return r;
-	r = store_pending(sg, profile, profile_len, exists == 1, source);
+	r = store_pending(sg, profile, profile_len, exists == 1, source, old_seq);
 	return r < 0 ? r : 1;
 reset:
 	sqlite3_reset(s);
@@ -381,16 +442,20 @@ static int merge_list(struct stage *sg, const struct attrset *list, bool latest,
 		if (attrset_put(&sg->pending, kv->id, val->val, val->len) < 0)
 			return -ENOMEM;
 		*changed = true;
+		note_changed(sg, kv->id);
 	}
 	return 0;
 }
 
 /* Stages attrs' attributes as merge_list does; attrs NULL (with latest):
- * every attribute the profile has. */
-static int merge_missing(struct stage *sg, const char *profile, const struct attrset *attrs, bool latest)
+ * every attribute the profile has. why says in the profile's history why
+ * tpsyncd queued them. */
+static int merge_missing(struct stage *sg, const char *profile, const struct attrset *attrs, bool latest, const char *why)
 {
 	sqlite3_stmt *s;
 	size_t len = strlen(profile);
+	struct stage_origin origin = { .position = why };
+	begin_event(sg, "tpsyncd", &origin);
 	int exists = lookup(sg, profile, len, &s);
 	int r = 0;
 	if (exists < 0)
@@ -402,30 +467,31 @@ static int merge_missing(struct stage *sg, const char *profile, const struct att
 		r = merge_list(sg, &sg->accepted, true, &changed);
 	if (r < 0 || !changed)
 		goto reset;
-	r = encode_sets(sg);
+	r = encode_sets(sg, exists == 1 ? s : NULL);
+	int64_t old_seq = exists == 1 ? sqlite3_column_int64(s, 4) : 0;
 	sqlite3_reset(s);
 	if (r < 0)
 		return r;
 	/* Re-sent values do not change which source the profile belongs to. */
-	return store_pending(sg, profile, len, exists == 1, NULL);
+	return store_pending(sg, profile, len, exists == 1, NULL, old_seq);
 reset:
 	sqlite3_reset(s);
 	return exists < 0 ? exists : r;
 }
 
-int stage_refresh(struct stage *sg, const char *profile, const struct attrset *ids)
+int stage_refresh(struct stage *sg, const char *profile, const struct attrset *ids, const char *why)
 {
-	return merge_missing(sg, profile, ids, true);
+	return merge_missing(sg, profile, ids, true, why);
 }
 
-int stage_restore(struct stage *sg, const char *profile, const struct attrset *values)
+int stage_restore(struct stage *sg, const char *profile, const struct attrset *values, const char *why)
 {
-	return merge_missing(sg, profile, values, false);
+	return merge_missing(sg, profile, values, false, why);
 }
 
-int stage_refresh_all(struct stage *sg, const char *profile)
+int stage_refresh_all(struct stage *sg, const char *profile, const char *why)
 {
-	return merge_missing(sg, profile, NULL, true);
+	return merge_missing(sg, profile, NULL, true, why);
 }
 
 int stage_in_flight(struct stage *sg, const char *profile, size_t len)
@@ -488,6 +554,7 @@ void stage_view_init(struct stage_view *v)
 	attrset_init(&v->pending);
 	for (int i = 0; i < 3; i++)
 		buf_init(&v->mem[i]);
+	buf_init(&v->history);
 	v->batch = 0;
 }
 
@@ -498,6 +565,7 @@ void stage_view_finish(struct stage_view *v)
 	attrset_finish(&v->pending);
 	for (int i = 0; i < 3; i++)
 		buf_finish(&v->mem[i]);
+	buf_finish(&v->history);
 }
 
 int stage_read(struct stage *sg, const char *profile, size_t len, struct stage_view *v)
@@ -508,8 +576,17 @@ int stage_read(struct stage *sg, const char *profile, size_t len, struct stage_v
 	struct attrset *to[3] = { &v->accepted, &v->inflight, &v->pending };
 	int r = exists;
 	v->batch = 0;
-	if (exists == 1)
+	v->accepted_at = 0;
+	buf_reset(&v->history);
+	if (exists == 1) {
 		v->batch = sg->moved_to ? sg->moved_to : sqlite3_column_int64(s, 6);
+		v->pending_seq = sqlite3_column_int64(s, 4);
+		v->accepted_at = sqlite3_column_int64(s, 8);
+		if (sg->is_folded)
+			v->accepted_at = store_int(sg->st, "SELECT tpsync_completed_at(?)", 0, "i", v->pending_seq);
+		if (buf_append(&v->history, sqlite3_column_blob(s, 7), (size_t)sqlite3_column_bytes(s, 7)) < 0)
+			r = -ENOMEM;
+	}
 	for (int i = 0; i < 3 && r >= 0; i++) {
 		buf_reset(&v->mem[i]);
 		attrset_clear(to[i]);

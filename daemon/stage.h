@@ -9,11 +9,19 @@
 #include <stdint.h>
 
 #include "attrset.h"
+#include "history.h"
 #include "buf.h"
 #include "store.h"
 
 /* All external data of one profile must stay under this (TARGET_API.md). */
 #define PROFILE_MAX_BYTES 65536
+
+/* Where a staged change came from, for the profile's history (tpsyncctl trace). */
+struct stage_origin {
+	int64_t file_id;      /* ingested_files.id; 0: not from a file */
+	int64_t line;         /* the file's line */
+	const char *position; /* a database source's cursor value, or why tpsyncd re-sent values; NULL: none */
+};
 
 struct stage {
 	struct store *st;
@@ -24,7 +32,9 @@ struct stage {
 	int64_t moved_to;  /* the row's pending set is batch moved_to's: written as its inflight */
 	bool is_folded;    /* the row's pending set was accepted: written into accepted */
 	bool was_queued;   /* the row's pending set is queued changes */
-	struct buf blob, moved_blob;
+	struct buf blob, moved_blob, history_blob;
+	struct history_event ev; /* the staging under way, for the profile's history */
+	int64_t write_seq;       /* where its pending set goes (0: nowhere, it is empty) */
 	int64_t hold_base; /* 0: rows are not held (see stage_hold) */
 	int64_t hold_next; /* the next held pending_seq */
 	int64_t held_rows, held_bytes; /* staged under the hold: counted in st->staged at release */
@@ -34,8 +44,9 @@ struct stage {
 void stage_init(struct stage *sg, struct store *st);
 void stage_finish(struct stage *sg);
 
-/* Stages incoming (non-empty values, ids from store_attr_id) for profile, inside
- * the caller's transaction. An attribute is staged when its value differs from
+/* Stages incoming (non-empty values, ids from store_attr_id) for profile from
+ * source (origin, if not NULL, says where in it; both go to the profile's
+ * history, see store.history), inside the caller's transaction. An attribute is staged when its value differs from
  * what Target was last given (the in-flight value if any, else the accepted one:
  * a batch's values are in flight until Target has finished it);
  * a value that returns to that while still pending cancels the pending change.
@@ -44,8 +55,8 @@ void stage_finish(struct stage *sg);
  * -E2BIG when the profile would exceed PROFILE_MAX_BYTES (nothing staged),
  * -EILSEQ when a value holds a NUL byte (nothing staged; sources refuse them
  * before), -EINVAL for a corrupt stored blob, -EIO on a database error, -ENOMEM. */
-int stage_profile(struct stage *sg, const char *profile, size_t profile_len,
-		  const struct attrset *incoming, const char *source, bool *was_known);
+int stage_profile(struct stage *sg, const char *profile, size_t profile_len, const struct attrset *incoming,
+		  const char *source, const struct stage_origin *origin, bool *was_known);
 
 /* The reason a row is refused when stage_profile returned r: -E2BIG and
  * -EILSEQ refuse the row alone; NULL for any other r (staged, unchanged, or an
@@ -54,14 +65,14 @@ const char *stage_refusal(int r);
 
 /* Makes sure the latest values of the attributes in ids (their values are
  * ignored) go to Target again: each one not already pending is staged with its
- * in-flight value if any, else its accepted value. Used after a request whose
- * answer never came, and for stuck batches. The profile's source stays as it
- * was. Returns 0 or a negative errno. */
-int stage_refresh(struct stage *sg, const char *profile, const struct attrset *ids);
+ * in-flight value if any, else its accepted value. Used to repair what a
+ * verification found; why goes to the profile's history. The profile's
+ * source stays as it was. Returns 0 or a negative errno. */
+int stage_refresh(struct stage *sg, const char *profile, const struct attrset *ids, const char *why);
 
 /* stage_refresh for every attribute the profile has (an echo: all its latest
  * values go to Target again). Returns 0 or a negative errno. */
-int stage_refresh_all(struct stage *sg, const char *profile);
+int stage_refresh_all(struct stage *sg, const char *profile, const char *why);
 
 /* Whether profile's values are in a batch Target has not finished: 1 yes, 0
  * no, or a negative errno. */
@@ -70,8 +81,11 @@ int stage_in_flight(struct stage *sg, const char *profile, size_t len);
 /* A profile's sets as they are meant (see struct stage), copied. */
 struct stage_view {
 	struct attrset accepted, inflight, pending;
-	int64_t batch;      /* the batch Target has not finished that carries inflight (0: none) */
-	struct buf mem[3];  /* what the sets point into */
+	int64_t batch;       /* the batch Target has not finished that carries inflight (0: none) */
+	int64_t pending_seq; /* the row's (0: none) */
+	int64_t accepted_at; /* when the batch of the newest accepted values completed (0: not known) */
+	struct buf history;  /* the profile's history blob (history.h) */
+	struct buf mem[3];   /* what the sets point into */
 };
 void stage_view_init(struct stage_view *v);
 void stage_view_finish(struct stage_view *v);
@@ -81,7 +95,7 @@ int stage_read(struct stage *sg, const char *profile, size_t len, struct stage_v
 
 /* Stages values for attributes that are not already pending (a pending value is
  * newer and wins). Used to re-queue dead letters. Returns 0 or a negative errno. */
-int stage_restore(struct stage *sg, const char *profile, const struct attrset *values);
+int stage_restore(struct stage *sg, const char *profile, const struct attrset *values, const char *why);
 
 /* Holds back what sg stages from now on (a snapshot until it is known to be
  * one version): its profiles get pending_seq values from base up, which the

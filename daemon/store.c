@@ -339,6 +339,21 @@ static void attrs_combine(sqlite3_context *ctx, int argc, sqlite3_value **argv)
 	buf_finish(&blob);
 }
 
+/* SQL function tpsync_completed_at(pending_seq): when the complete batch
+ * whose range holds pending_seq completed (NULL: none). Staging and the
+ * queue use it to stamp folded values with their acceptance. */
+static void completed_at(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+{
+	struct store *st = sqlite3_user_data(ctx);
+	int64_t seq = sqlite3_value_int64(argv[0]);
+	int64_t at = store_int(st, "SELECT completed_at FROM batches WHERE seq_hi >= ?1 AND seq_lo <= ?1"
+				   " AND state = 'complete' ORDER BY seq_hi LIMIT 1", 0, "i", seq);
+	if (at)
+		sqlite3_result_int64(ctx, at);
+	else
+		sqlite3_result_null(ctx);
+}
+
 static struct {
 	store_migration_hook *hook;
 	void *arg;
@@ -562,6 +577,13 @@ struct store *store_create(const char *path, unsigned flags, char *err, size_t e
 	}
 	if (migrate(st, err, err_size) < 0)
 		goto fail;
+	if (sqlite3_create_function_v2(st->db, "tpsync_completed_at", 1, SQLITE_UTF8, st, completed_at, NULL, NULL,
+				       NULL) != SQLITE_OK) {
+		snprintf(err, err_size, "cannot set up %s: %s", path, sqlite3_errmsg(st->db));
+		goto fail;
+	}
+	st->history.events = 20;
+	st->history.max_age_ms = 30LL * 86400 * 1000;
 	if (load_attr_names(st) < 0) {
 		snprintf(err, err_size, "cannot read attribute names: %s", sqlite3_errmsg(st->db));
 		goto fail;

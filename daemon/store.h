@@ -41,6 +41,12 @@ struct store {
 		int64_t rows, bytes; /* changed profiles; their attribute blobs' bytes */
 		int64_t newest_at;   /* clock_wall_ms() of the latest staged change (0: none since start) */
 	} staged;
+	/* How much of each profile's staging history (history.h) staging keeps:
+	 * trace.events and trace.max_age (the caller sets them from the
+	 * configuration; 20 and 30 days until then). */
+	struct {
+		int64_t events, max_age_ms;
+	} history;
 	int has_dead_letters; /* -1: not known yet; kept by dead_letters.c */
 	bool is_new;          /* created by store_create */
 	bool is_replaced;     /* ... where its sentinel shows an earlier one existed */

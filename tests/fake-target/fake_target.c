@@ -32,7 +32,7 @@
  *                     or polls (see fault_names below)
  *   POST /__config    {"token", "status_polls", "calls_per_minute", "fault_rate",
  *                      "seed", "process_delay_ms", "row_failure_rate", "loss_rate",
- *                      "other_calls_per_minute", "decode", "fetch_calls_per_minute",
+ *                      "other_calls_per_minute", "decode", "fetch_calls_per_minute", "fetch_delay_ms",
  *                      "window_ms" (the budgets' window; tests shorten the minute)}
  *   POST /__visit     {"id": I, "attrs": {...}}: a page visit sets attributes
  *   POST /__reset     forget everything */
@@ -66,6 +66,7 @@ enum fault {
 	F_NONE, F_500, F_502, F_503, F_504, F_408, F_429, F_401, F_403, F_413, F_400,
 	F_DROP, F_DROP_AFTER_APPLY, F_SLOW, F_SUCCESS_FALSE, F_GARBAGE, F_REDIRECT,
 	F_POLL_STUCK, F_POLL_INCOMPLETE, F_POLL_500, F_POLL_GARBAGE, F_POLL_GONE, F_POLL_401,
+	F_FETCH_GARBAGE, F_FETCH_500, F_FETCH_401,
 	F_COUNT
 };
 
@@ -73,6 +74,7 @@ static const char *const fault_names[F_COUNT] = {
 	"none", "500", "502", "503", "504", "408", "429", "401", "403", "413", "400",
 	"drop", "drop_after_apply", "slow", "success_false", "garbage", "302",
 	"poll_stuck", "poll_incomplete", "poll_500", "poll_garbage", "poll_gone", "poll_401",
+	"fetch_garbage", "fetch_500", "fetch_401",
 };
 
 struct queued_fault {
@@ -121,6 +123,7 @@ static struct {
 	int calls_per_minute;        /* the account's budget (submissions and polls) */
 	int other_calls_per_minute;  /* what other tools of the account use of it */
 	int fetch_calls_per_minute;  /* the fetch API's own budget (0: none) */
+	int fetch_delay_ms;          /* each fetch answered this much later */
 	long long window_ms;         /* the budgets' window: a minute (tests may shorten it) */
 	int process_delay_ms;
 	double row_failure_rate, loss_rate;
@@ -573,12 +576,15 @@ static void inflight_add(json_t *ids, int delta)
 	}
 }
 
-static struct queued_fault take_fault(bool is_poll)
+enum fault_target { FOR_SUBMIT, FOR_POLL, FOR_FETCH };
+
+static struct queued_fault take_fault_for(enum fault_target want)
 {
 	struct queued_fault none = { .kind = F_NONE, .retry_after = -1 };
 	for (size_t i = 0; i < g.n_faults; i++) {
-		bool poll_kind = g.faults[i].kind >= F_POLL_STUCK;
-		if (poll_kind != is_poll)
+		enum fault k = g.faults[i].kind;
+		enum fault_target t = k >= F_FETCH_GARBAGE ? FOR_FETCH : k >= F_POLL_STUCK ? FOR_POLL : FOR_SUBMIT;
+		if (t != want)
 			continue;
 		struct queued_fault f = g.faults[i];
 		if (--g.faults[i].count <= 0) {
@@ -587,7 +593,7 @@ static struct queued_fault take_fault(bool is_poll)
 		}
 		return f;
 	}
-	if (!is_poll && g.fault_rate > 0 && (double)rand_r(&g.seed) / RAND_MAX < g.fault_rate) {
+	if (want == FOR_SUBMIT && g.fault_rate > 0 && (double)rand_r(&g.seed) / RAND_MAX < g.fault_rate) {
 		static const enum fault mix[] = { F_500, F_502, F_503, F_504, F_429, F_DROP, F_DROP_AFTER_APPLY,
 						   F_SUCCESS_FALSE, F_GARBAGE, F_SLOW };
 		struct queued_fault f = { .kind = mix[rand_r(&g.seed) % (sizeof(mix) / sizeof(mix[0]))],
@@ -595,6 +601,11 @@ static struct queued_fault take_fault(bool is_poll)
 		return f;
 	}
 	return none;
+}
+
+static struct queued_fault take_fault(bool is_poll)
+{
+	return take_fault_for(is_poll ? FOR_POLL : FOR_SUBMIT);
 }
 
 static size_t new_batch(json_t *rows, bool is_v2)
@@ -903,9 +914,50 @@ static void handle_status(struct evhttp_request *req)
 }
 
 /* GET /rest/v1/profiles/thirdPartyId/{id}?client=C (or /rest/v1/profiles/{pcId}). */
+static void answer_fetch(struct evhttp_request *req, const char *id, bool is_pcid);
+
+struct delayed_fetch {
+	struct evhttp_request *req;
+	char *id;
+	bool is_pcid;
+};
+
+static void on_delayed_fetch(evutil_socket_t fd, short what, void *arg)
+{
+	struct delayed_fetch *df = arg;
+	answer_fetch(df->req, df->id, df->is_pcid);
+	free(df->id);
+	free(df);
+}
+
+/* The fetch API, answering after fetch_delay_ms (a slow Target). */
 static void handle_fetch(struct evhttp_request *req, const char *id, bool is_pcid)
 {
+	struct delayed_fetch *df = g.fetch_delay_ms > 0 ? calloc(1, sizeof(*df)) : NULL;
+	if (df && (df->id = strdup(id))) {
+		df->req = req;
+		df->is_pcid = is_pcid;
+		struct timeval tv = { g.fetch_delay_ms / 1000, (g.fetch_delay_ms % 1000) * 1000 };
+		if (event_base_once(g.base, -1, EV_TIMEOUT, on_delayed_fetch, df, &tv) == 0)
+			return;
+		free(df->id);
+	}
+	free(df);
+	answer_fetch(req, id, is_pcid);
+}
+
+static void answer_fetch(struct evhttp_request *req, const char *id, bool is_pcid)
+{
 	g.fetches++;
+	struct queued_fault f = take_fault_for(FOR_FETCH);
+	if (f.kind == F_FETCH_GARBAGE) {
+		reply(req, 200, "application/json", "{\"profileAttributes\": [oops");
+		return;
+	}
+	if (f.kind == F_FETCH_500 || f.kind == F_FETCH_401) {
+		reply(req, f.kind == F_FETCH_500 ? 500 : 401, "text/plain", "injected fault");
+		return;
+	}
 	char *dec = evhttp_uridecode(id, 0, NULL);
 	json_t *p = dec ? json_object_get(g.profiles, dec) : NULL;
 	if (!p) {
@@ -994,6 +1046,8 @@ static void handle_config(struct evhttp_request *req)
 		g.window_ms = json_integer_value(v) > 0 ? json_integer_value(v) : 60000;
 	if ((v = json_object_get(j, "fetch_calls_per_minute")))
 		g.fetch_calls_per_minute = (int)json_integer_value(v);
+	if ((v = json_object_get(j, "fetch_delay_ms")))
+		g.fetch_delay_ms = (int)json_integer_value(v);
 	if ((v = json_object_get(j, "fault_rate")))
 		g.fault_rate = json_number_value(v);
 	if ((v = json_object_get(j, "seed")))

@@ -157,7 +157,7 @@ batch:
   max: {retry_max}
 {retry_extra}limits:
   calls_per_minute: {calls_per_minute}
-{limits_extra}sources:
+{limits_extra}{sections_extra}sources:
 {sources}"""
 
 
@@ -180,7 +180,7 @@ class Daemon:
                       linger="50ms", max_in_flight=2, rows="full_profile", retry_max="1s",
                       calls_per_minute=1000, target_extra="", batch_extra="", retry_extra="", poll_interval="100ms",
                       poll_max="400ms",
-                      limits_extra="", dir=workdir, sources=sources)
+                      limits_extra="", sections_extra="", dir=workdir, sources=sources)
         values.update(opts)
         self.config = os.path.join(workdir, "tpsyncd.yaml")
         with open(self.config, "w") as f:

@@ -48,7 +48,7 @@ static void stage(const char *id, const char *const *pairs)
 {
 	set_of(st, &in, pairs);
 	store_begin(st);
-	CHECK(stage_profile(&sg, id, strlen(id), &in, "test", NULL) >= 0);
+	CHECK(stage_profile(&sg, id, strlen(id), &in, "test", NULL, NULL) >= 0);
 	store_commit(st);
 }
 
@@ -350,7 +350,7 @@ static void test_large_body(void)
 		snprintf(id, sizeof(id), "big%05d", i);
 		snprintf(val, sizeof(val), "bulk=v%05d %0100d", i, i);
 		set_of(st, &in, (const char *[]){ val, NULL });
-		CHECK(stage_profile(&sg, id, strlen(id), &in, "test", NULL) >= 0);
+		CHECK(stage_profile(&sg, id, strlen(id), &in, "test", NULL, NULL) >= 0);
 	}
 	store_commit(st);
 	int64_t b = build(N);
@@ -573,7 +573,7 @@ static void test_complete_and_fold(void)
 	/* The same values again: nothing to send. */
 	set_of(st, &in, (const char *[]){ "a=1", NULL });
 	store_begin(st);
-	CHECK(stage_profile(&sg, "f1", 2, &in, "test", NULL) == 0);
+	CHECK(stage_profile(&sg, "f1", 2, &in, "test", NULL, NULL) == 0);
 	store_commit(st);
 	CHECK(build(1000) == 0);
 	/* f3 goes in flight; then everything is folded but f3. */

@@ -151,7 +151,7 @@ static void stage(const char *id, const char *const *pairs)
 {
 	set_of(st, &in, pairs);
 	store_begin(st);
-	CHECK(stage_profile(&sg, id, strlen(id), &in, "test", NULL) >= 0);
+	CHECK(stage_profile(&sg, id, strlen(id), &in, "test", NULL, NULL) >= 0);
 	store_commit(st);
 	sender_kick(snd);
 }

@@ -19,7 +19,7 @@ static int stage(const char *id, const char *const *pairs)
 	set_of(st, &in, pairs);
 	store_begin(st);
 	bool known = false;
-	int r = stage_profile(&sg, id, strlen(id), &in, "test", &known);
+	int r = stage_profile(&sg, id, strlen(id), &in, "test", NULL, &known);
 	last_known = known;
 	store_commit(st);
 	return r;
@@ -103,14 +103,14 @@ int main(void)
 	/* stage_refresh re-stages the latest values (in flight, else accepted). */
 	set_of(st, &in, (const char *[]){ "tier=", "city=", NULL });
 	store_begin(st);
-	CHECK(stage_refresh(&sg, "p2", &in) == 0);
+	CHECK(stage_refresh(&sg, "p2", &in, "test") == 0);
 	store_commit(st);
 	CHECK_STR(pending("p2", "tier"), "bronze");
 	CHECK_STR(pending("p2", "city"), "Utrecht");
 	/* stage_restore never overwrites a newer pending value. */
 	set_of(st, &in, (const char *[]){ "tier=old", "zip=1234", NULL });
 	store_begin(st);
-	CHECK(stage_restore(&sg, "p2", &in) == 0);
+	CHECK(stage_restore(&sg, "p2", &in, "test") == 0);
 	store_commit(st);
 	CHECK_STR(pending("p2", "tier"), "bronze");
 	CHECK_STR(pending("p2", "zip"), "1234");
@@ -138,7 +138,7 @@ int main(void)
 	attrset_clear(&in);
 	attrset_put(&in, attr(st, "note"), "a\0b", 3);
 	store_begin(st);
-	CHECK(stage_profile(&sg, "p4", 2, &in, "test", NULL) == -EILSEQ);
+	CHECK(stage_profile(&sg, "p4", 2, &in, "test", NULL, NULL) == -EILSEQ);
 	store_commit(st);
 	CHECK(profile_rows("p4") == 0);
 	/* Refusals reject the row alone, with a reason; other results have none. */

@@ -1,0 +1,121 @@
+/* SPDX-License-Identifier: MIT */
+/* The history blob: events one after another, oldest first, each
+ *   varint seq, at, file_id, line; varint length + source; varint length +
+ *   position; varint n_attrs, then min(n_attrs, HISTORY_MAX_ATTRS) attribute ids,
+ * every varint little-endian base 128 (64 bits). */
+#include "history.h"
+
+#include <errno.h>
+#include <string.h>
+
+static int put(struct buf *out, uint64_t v)
+{
+	unsigned char b[10];
+	size_t n = 0;
+	do {
+		b[n] = (unsigned char)(v & 0x7f);
+		v >>= 7;
+		if (v)
+			b[n] |= 0x80;
+		n++;
+	} while (v);
+	return buf_append(out, b, n);
+}
+
+static const unsigned char *get(const unsigned char *p, const unsigned char *end, uint64_t *v)
+{
+	uint64_t x = 0;
+	for (int shift = 0; shift < 64 && p < end; shift += 7) {
+		unsigned char c = *p++;
+		x |= (uint64_t)(c & 0x7f) << shift;
+		if (!(c & 0x80)) {
+			*v = x;
+			return p;
+		}
+	}
+	return NULL;
+}
+
+static int put_event(struct buf *out, const struct history_event *ev)
+{
+	uint32_t listed = ev->n_attrs < HISTORY_MAX_ATTRS ? ev->n_attrs : HISTORY_MAX_ATTRS;
+	int r = put(out, (uint64_t)ev->seq);
+	r = r ? r : put(out, (uint64_t)ev->at);
+	r = r ? r : put(out, (uint64_t)ev->file_id);
+	r = r ? r : put(out, (uint64_t)ev->line);
+	r = r ? r : put(out, ev->source_len);
+	r = r ? r : buf_append(out, ev->source, ev->source_len);
+	r = r ? r : put(out, ev->position_len);
+	r = r ? r : buf_append(out, ev->position, ev->position_len);
+	r = r ? r : put(out, ev->n_attrs);
+	for (uint32_t i = 0; r == 0 && i < listed; i++)
+		r = put(out, ev->attrs[i]);
+	return r;
+}
+
+int history_next(const unsigned char **p, const unsigned char *end, struct history_event *ev)
+{
+	const unsigned char *q = *p;
+	if (q >= end)
+		return 0;
+	uint64_t v[9];
+	for (int i = 0; i < 4; i++)
+		if (!(q = get(q, end, &v[i])))
+			return -EINVAL;
+	ev->seq = (int64_t)v[0];
+	ev->at = (int64_t)v[1];
+	ev->file_id = (int64_t)v[2];
+	ev->line = (int64_t)v[3];
+	if (!(q = get(q, end, &v[4])) || v[4] > (uint64_t)(end - q))
+		return -EINVAL;
+	ev->source = (const char *)q;
+	ev->source_len = (size_t)v[4];
+	q += v[4];
+	if (!(q = get(q, end, &v[5])) || v[5] > (uint64_t)(end - q))
+		return -EINVAL;
+	ev->position = (const char *)q;
+	ev->position_len = (size_t)v[5];
+	q += v[5];
+	if (!(q = get(q, end, &v[6])) || v[6] > UINT32_MAX)
+		return -EINVAL;
+	ev->n_attrs = (uint32_t)v[6];
+	uint32_t listed = ev->n_attrs < HISTORY_MAX_ATTRS ? ev->n_attrs : HISTORY_MAX_ATTRS;
+	for (uint32_t i = 0; i < listed; i++) {
+		if (!(q = get(q, end, &v[7])) || v[7] > UINT32_MAX)
+			return -EINVAL;
+		ev->attrs[i] = (uint32_t)v[7];
+	}
+	*p = q;
+	return 1;
+}
+
+int history_append(const void *old, size_t len, const struct history_event *ev, size_t max_events, int64_t not_before,
+		   struct buf *out)
+{
+	buf_reset(out);
+	const unsigned char *p = old, *end = p ? p + len : NULL;
+	/* Count what is kept: the newest max_events - 1 no older than not_before. */
+	size_t n = 0;
+	struct history_event e;
+	int r;
+	for (const unsigned char *q = p; (r = history_next(&q, end, &e)) > 0;)
+		n += e.at >= not_before;
+	if (r < 0) {
+		p = end = NULL; /* corrupt: start again */
+		n = 0;
+	}
+	size_t skip = max_events && n >= max_events ? n - max_events + 1 : 0;
+	for (const unsigned char *q = p, *start = q; (r = history_next(&q, end, &e)) > 0; start = q) {
+		if (e.at < not_before)
+			continue;
+		if (skip) {
+			skip--;
+			continue;
+		}
+		if (buf_append(out, start, (size_t)(q - start)) < 0)
+			return -ENOMEM;
+	}
+	if (max_events == 0)
+		return 0;
+	return put_event(out, ev) < 0 ? -ENOMEM : 0;
+}
