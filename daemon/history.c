@@ -93,6 +93,8 @@ int history_append(const void *old, size_t len, const struct history_event *ev, 
 		   struct buf *out)
 {
 	buf_reset(out);
+	if (max_events == 0)
+		return 0;
 	const unsigned char *p = old, *end = p ? p + len : NULL;
 	/* Count what is kept: the newest max_events - 1 no older than not_before. */
 	size_t n = 0;
@@ -115,7 +117,5 @@ int history_append(const void *old, size_t len, const struct history_event *ev, 
 		if (buf_append(out, start, (size_t)(q - start)) < 0)
 			return -ENOMEM;
 	}
-	if (max_events == 0)
-		return 0;
 	return put_event(out, ev) < 0 ? -ENOMEM : 0;
 }
