@@ -97,8 +97,12 @@ static void usage(FILE *out)
 {
 	fprintf(out, "Usage: tpsyncctl [-s SOCKET] COMMAND [ARGS] [--json]\n"
 		     "       tpsyncctl help COMMAND\n\nCommands:\n");
-	for (const struct command *c = commands; c->name; c++)
-		fprintf(out, "  %-10s %-16s %s\n", c->name, c->args, c->help);
+	for (const struct command *c = commands; c->name; c++) {
+		if (strlen(c->args) > 16)
+			fprintf(out, "  %-10s %s\n  %-10s %-16s %s\n", c->name, c->args, "", "", c->help);
+		else
+			fprintf(out, "  %-10s %-16s %s\n", c->name, c->args, c->help);
+	}
 	fprintf(out, "\nOptions:\n  -s, --socket PATH  control socket (default %s)\n"
 		     "  --json             print the daemon's JSON answer\n  -h, --help         this help\n"
 		     "\nExit status: 0 ok, 1 refused by the daemon, 2 daemon unreachable.\n",

@@ -1430,6 +1430,13 @@ int queue_counts(struct queue *q, bool with_all_states, struct queue_counts *c)
 	c->pending_profiles = queued < 0 || parked < 0 ? -1 : queued + parked;
 	c->oldest_pending_at = store_int(st, "SELECT pending_since FROM profiles WHERE pending IS NOT NULL AND pending_seq > ?"
 					     " ORDER BY pending_seq LIMIT 1", 0, "i", st->batched_upto);
+	/* A parked change (waiting for its profile's unfinished batch) is unsent too. */
+	int64_t oldest_parked = parked > 0 ? store_int(st, "SELECT coalesce(min(pending_since), 0) FROM profiles"
+							   " INDEXED BY profiles_inflight WHERE inflight_batch IS NOT NULL"
+							   " AND pending IS NOT NULL AND pending_seq <= ?", 0, "i",
+						       st->batched_upto) : 0;
+	if (oldest_parked > 0 && (c->oldest_pending_at <= 0 || oldest_parked < c->oldest_pending_at))
+		c->oldest_pending_at = oldest_parked;
 	c->in_flight_profiles = store_int(st, "SELECT coalesce(sum(rows), 0) FROM batches WHERE state IN (?, ?, ?)", -1,
 					  "ttt", S(BATCH_READY), S(BATCH_POSTING), S(BATCH_SUBMITTED));
 	for (int i = 0; i < BATCH_STATE_COUNT; i++) {

@@ -1161,10 +1161,10 @@ static bool handle_control(struct evhttp_request *req, const char *path, enum ev
 		handle_state(req);
 	} else if (strcmp(path, "/__count") == 0) {
 		/* Cheap counters for benchmarks (no profile dump). */
-		reply_json(req, 200, json_pack("{s:I, s:I, s:I, s:I, s:f}", "profiles",
+		reply_json(req, 200, json_pack("{s:I, s:I, s:I, s:I, s:f, s:s}", "profiles",
 					       (json_int_t)json_object_size(g.profiles), "submissions", (json_int_t)g.submissions,
 					       "polls", (json_int_t)g.polls, "rows", (json_int_t)g.rows_received,
-					       "busy_seconds", g.busy_seconds));
+					       "busy_seconds", g.busy_seconds, "edge_host", g.edge_host));
 	} else if (strcmp(path, "/__requests") == 0) {
 		reply_json(req, 200, json_incref(g.requests));
 	} else if (strcmp(path, "/__polls") == 0) {
@@ -1307,6 +1307,7 @@ int main(int argc, char **argv)
 		{ "tls-cert", required_argument, NULL, 'C' },
 		{ "tls-key", required_argument, NULL, 'K' },
 		{ "edge-addr", required_argument, NULL, 'E' },
+		{ "edge-port", required_argument, NULL, 'e' },
 		{ "process-delay-ms", required_argument, NULL, 'D' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -1330,11 +1331,12 @@ int main(int argc, char **argv)
 		case 'C': cert = optarg; break;
 		case 'K': key = optarg; break;
 		case 'E': edge_addr = optarg; break;
+		case 'e': edge_port = atoi(optarg); break;
 		case 'D': g.process_delay_ms = atoi(optarg); break;
 		default:
 			fprintf(stderr, "usage: fake-target [--port N] [--port-file F] [--client C] [--token T] "
 					"[--status-polls N] [--calls-per-minute N] [--state-file F] [--tls-cert F --tls-key F] "
-					"[--edge-addr A] [--process-delay-ms N]\n");
+					"[--edge-addr A] [--edge-port N] [--process-delay-ms N]\n");
 			return 64;
 		}
 	}
@@ -1387,7 +1389,7 @@ int main(int argc, char **argv)
 	struct timeval tick = { 0, 10000 };
 	if (!g.http || !g.edge || !g.processor || event_add(g.processor, &tick) < 0)
 		return 1;
-	if (bind_http(g.http, "127.0.0.1", port, &port) < 0 || bind_http(g.edge, edge_addr, 0, &edge_port) < 0)
+	if (bind_http(g.http, "127.0.0.1", port, &port) < 0 || bind_http(g.edge, edge_addr, edge_port, &edge_port) < 0)
 		return 1;
 	snprintf(g.host, sizeof(g.host), "127.0.0.1:%d", port);
 	snprintf(g.edge_host, sizeof(g.edge_host), "%s:%d", edge_addr, edge_port);

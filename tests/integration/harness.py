@@ -97,6 +97,12 @@ class FakeTarget:
     def polls(self):
         return self._call("/__polls")
 
+    def edge_port(self):
+        """The port of the status ("edge") host; pass it as --edge-port to a
+        restarted fake so the status URLs it gave out still lead somewhere, as
+        a production edge host's name does after an outage."""
+        return int(self._call("/__count")["edge_host"].rsplit(":", 1)[1])
+
     def visit(self, profile, attrs):
         """A page visit (an mbox call) that sets attrs on profile."""
         return self._call("/__visit", {"id": profile, "attrs": attrs})

@@ -160,7 +160,7 @@ def test_target_outage(case):
     max_in_flight and the call rate once it is back."""
     d = case.daemon(calls_per_minute=120, max_in_flight=2, retry_max="1s", linger="10ms",
                     batch_extra="  max_rows: 20\n").start()
-    port = case.target.port
+    port, edge_port = case.target.port, case.target.edge_port()
     case.target.stop()
     os.unlink(case.target.port_file)
     rnd = random.Random(5)
@@ -172,7 +172,7 @@ def test_target_outage(case):
     s = d.status()
     assert s["delivery"]["last_error"] and "network" in s["delivery"]["last_error"], s["delivery"]
     from harness import FakeTarget
-    case.target = FakeTarget(case.dir, "--port", str(port), "--calls-per-minute", "120",
+    case.target = FakeTarget(case.dir, "--port", str(port), "--edge-port", str(edge_port), "--calls-per-minute", "120",
                              "--state-file", os.path.join(case.dir, "target-state.json"))
     res = settle(case, d, feed, timeout=180)
     st = case.target.state()

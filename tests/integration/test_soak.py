@@ -34,11 +34,11 @@ def test_fault_soak(case):
             feed.add(version, p, "tier", tier)
         write_atomic(os.path.join(case.spool, f"f{version:06d}.csv"), csv_text(["customer_id", "tier"], rows))
         if not outage_done and time.monotonic() - start > DURATION / 2:
-            port = case.target.port
+            port, edge_port = case.target.port, case.target.edge_port()
             case.target.stop()
             os.unlink(case.target.port_file)
             time.sleep(8)
-            case.target = FakeTarget(case.dir, "--port", str(port), "--state-file", os.path.join(case.dir, "target-state.json"))
+            case.target = FakeTarget(case.dir, "--port", str(port), "--edge-port", str(edge_port), "--state-file", os.path.join(case.dir, "target-state.json"))
             case.target.configure(fault_rate=0.3, seed=12)
             outage_done = True
         time.sleep(rnd.uniform(0.1, 0.6))

@@ -179,6 +179,80 @@ def test_trace(case):
     assert r.returncode == 1 and "unknown profile" in r.stderr
 
 
+def test_what_is_not_judged(case):
+    """Values accepted less than verify.min_age ago, and profiles with newer
+    values pending, are skipped and say why; nothing is fetched for them."""
+    d = case.daemon(sections_extra="verify:\n  min_age: 1h\n  calls_per_minute: 6000\n").start()
+    drop(case, "a.csv", [["c1", "gold", "Delft"], ["c2", "silver", "Utrecht"]])
+    wait_for(lambda: len(case.target.profiles()) == 2, 20, "delivery")
+    settled(case, d)
+    fetches = case.target.state().get("fetches", 0)
+    code, r = ctl(d, "verify", "c1")
+    assert code == 0 and r["skipped"] == 1 and r["checked"] == 0, r
+    assert "min_age" in r["results"][0]["detail"]["why"], r["results"]
+    assert case.target.state().get("fetches", 0) == fetches
+    d.stop()
+    d2 = case.daemon(sections_extra=VERIFY)
+    d2.start()
+    d2.ctl("pause")
+    drop(case, "b.csv", [["c2", "bronze", "Utrecht"]])
+    wait_for(lambda: d2.status()["queue"]["pending_profiles"] == 1, 20, "b.csv staged")
+    code, r = ctl(d2, "verify", "c1", "c2")
+    res = {x["profile"]: x for x in r["results"]}
+    assert res["c1"]["result"] == "matched" and res["c2"]["result"] == "skipped", res
+    assert "pending" in res["c2"]["detail"]["why"], res["c2"]
+    assert code == 0, (code, r)
+
+
+def test_sample_stop_and_steady(case):
+    """--sample N checks N profiles; --stop ends a background --all; the steady
+    sample (verify.sample_per_hour) walks on by itself and shows in status and
+    metrics."""
+    d = case.daemon(sections_extra=VERIFY).start()
+    drop(case, "a.csv", [[f"p{i:03d}", "gold", "x"] for i in range(60)])
+    wait_for(lambda: len(case.target.profiles()) == 60, 20, "delivery")
+    settled(case, d)
+    code, r = ctl(d, "verify", "--sample", "7")
+    assert code == 0 and r["checked"] == 7 and r["matched"] == 7, r
+    case.target.configure(fetch_delay_ms=200)
+    code, _ = ctl(d, "verify", "--all", "--background")
+    assert code == 0
+    wait_for(lambda: d.status()["verify"]["runs"][0]["checked"] >= 1, 30, "the run under way", interval=0.05)
+    code, _ = ctl(d, "verify", "--stop")
+    assert code == 0
+    run_ = wait_for(lambda: d.status()["verify"]["runs"][0]["state"] == "stopped" and d.status()["verify"]["runs"][0],
+                    10, "the run to stop")
+    assert run_["checked"] < 60, run_
+    d.stop()
+    case.target.configure(fetch_delay_ms=0)
+    d = case.daemon(sections_extra=VERIFY.replace("verify:\n", "verify:\n  sample_per_hour: 36000\n")).start()
+    def steady():
+        runs = [x for x in d.status()["verify"]["runs"] if x["kind"] == "steady"]
+        return runs and runs[0]["checked"] >= 15 and runs[0]
+    r = wait_for(steady, 30, "the steady sample")
+    assert r["matched"] == r["checked"], r
+    m = [line for line in d.ctl("metrics")["text"].splitlines()
+         if line.startswith('tpsync_verify_profiles_total{result="matched"} ')]
+    assert m and int(m[0].split()[1]) >= 15, m
+
+
+def test_token_refused_and_target_unreachable(case):
+    """A 401 from the fetch API waits for the token like delivery does, then
+    goes on; with Target down, verify says so and exits 2."""
+    d = case.daemon(sections_extra=VERIFY, retry_max="300ms").start()
+    drop(case, "a.csv", [["c1", "gold", "Delft"]])
+    wait_for(lambda: len(case.target.profiles()) == 1, 20, "delivery")
+    settled(case, d)
+    case.target.fault("fetch_401", 2)
+    code, r = ctl(d, "verify", "c1")
+    assert code == 0 and r["matched"] == 1, (code, r)
+    assert "the fetch API refused the token" in d.log_text()
+    case.target.stop()
+    r = subprocess.run([TPSYNCCTL, "-s", d.socket, "verify", "c1"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+
+
 if __name__ == "__main__":
     run([test_verify_all_finds_and_repairs_silent_loss, test_changed_in_target_left_alone, test_unknown_and_odd_answers,
-         test_verify_all_interrupted_resumes, test_canary, test_trace])
+         test_verify_all_interrupted_resumes, test_canary, test_trace, test_what_is_not_judged,
+         test_sample_stop_and_steady, test_token_refused_and_target_unreachable])
