@@ -6,6 +6,7 @@ changed re-ingest, median of ROUNDS each. For measuring what a change costs
 (e.g. the staging history of trace), with the older build as the reference.
 
   bench/ab_staging.py BUILD_REF BUILD_NEW [--rows N] [--attrs K] [--rounds R]
+                      [--ref-config YAML] [--new-config YAML]
 
 Each BUILD is a meson build directory (its daemon/tpsyncd and daemon/tpsyncctl)."""
 import argparse
@@ -19,11 +20,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
 
 
-def one_round(build, work, first, changed):
+def one_round(build, work, first, changed, extra=""):
     bench.TPSYNCD = os.path.join(build, "daemon", "tpsyncd")
     bench.TPSYNCCTL = os.path.join(build, "daemon", "tpsyncctl")
     shutil.rmtree(work, ignore_errors=True)
-    d = bench.Daemon(work)
+    d = bench.Daemon(work, extra=extra)
     d.ctl("pause")
     t_first = d.drop(first, "a.csv")
     t_changed = d.drop(changed, "b.csv")
@@ -40,6 +41,8 @@ def main():
     ap.add_argument("--rows", type=int, default=1000000)
     ap.add_argument("--attrs", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--ref-config", default="", help="YAML added to the reference's configuration")
+    ap.add_argument("--new-config", default="", help="YAML added to the new build's configuration")
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="tpsync-ab-")
     try:
@@ -50,7 +53,9 @@ def main():
         runs = {"ref": [], "new": []}
         for r in range(args.rounds):
             for name in ("ref", "new") if r % 2 == 0 else ("new", "ref"):
-                res = one_round(getattr(args, name), os.path.join(tmp, "d"), first, changed)
+                extra = args.ref_config if name == "ref" else args.new_config
+                res = one_round(getattr(args, name), os.path.join(tmp, "d"), first, changed,
+                                extra + "\n" if extra else "")
                 runs[name].append(res)
                 print(f"  round {r + 1} {name}: first {res[0]:.2f} s, 1% changed {res[1]:.2f} s, "
                       f"database {res[2] / 1e6:.0f} MB", flush=True)

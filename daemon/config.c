@@ -15,6 +15,7 @@
 #if HAVE_LIBPQ
 #include <libpq-fe.h>
 #endif
+#include "listen_addr.h"
 #include "units.h"
 
 enum key_type { K_STRING, K_INT, K_DURATION, K_SIZE, K_ENUM, K_BOOL, K_DELIM, K_STRLIST, K_RENAMES };
@@ -133,12 +134,30 @@ static const struct key_desc trace_keys[] = {
 	{ .name = NULL }
 };
 
+static const struct key_desc metrics_keys[] = {
+	{ .name = "listen", .type = K_STRING, .offset = C(metrics.listen) },
+	{ .name = NULL }
+};
+
 static const struct section sections[] = {
 	{ "target", target_keys }, { "state", state_keys }, { "control", control_keys },
 	{ "batch", batch_keys }, { "retry", retry_keys }, { "limits", limits_keys },
-	{ "verify", verify_keys }, { "trace", trace_keys },
+	{ "verify", verify_keys }, { "trace", trace_keys }, { "metrics", metrics_keys },
 	{ NULL, NULL }
 };
+
+/* Keys a section (or a source) may have: the size of the "seen" sets. */
+#define MAX_KEYS 32
+_Static_assert(sizeof(target_keys) / sizeof(target_keys[0]) <= MAX_KEYS, "target_keys: raise MAX_KEYS");
+_Static_assert(sizeof(state_keys) / sizeof(state_keys[0]) <= MAX_KEYS, "state_keys: raise MAX_KEYS");
+_Static_assert(sizeof(control_keys) / sizeof(control_keys[0]) <= MAX_KEYS, "control_keys: raise MAX_KEYS");
+_Static_assert(sizeof(batch_keys) / sizeof(batch_keys[0]) <= MAX_KEYS, "batch_keys: raise MAX_KEYS");
+_Static_assert(sizeof(retry_keys) / sizeof(retry_keys[0]) <= MAX_KEYS, "retry_keys: raise MAX_KEYS");
+_Static_assert(sizeof(limits_keys) / sizeof(limits_keys[0]) <= MAX_KEYS, "limits_keys: raise MAX_KEYS");
+_Static_assert(sizeof(source_keys) / sizeof(source_keys[0]) <= MAX_KEYS, "source_keys: raise MAX_KEYS");
+_Static_assert(sizeof(verify_keys) / sizeof(verify_keys[0]) <= MAX_KEYS, "verify_keys: raise MAX_KEYS");
+_Static_assert(sizeof(trace_keys) / sizeof(trace_keys[0]) <= MAX_KEYS, "trace_keys: raise MAX_KEYS");
+_Static_assert(sizeof(metrics_keys) / sizeof(metrics_keys[0]) <= MAX_KEYS, "metrics_keys: raise MAX_KEYS");
 
 struct loader {
 	const char *path;
@@ -487,7 +506,7 @@ static int load_sources(struct loader *l, struct config *cfg, yaml_node_t *n)
 	for (size_t i = 0; i < len; i++) {
 		yaml_node_t *item = node(l, n->data.sequence.items.start[i]);
 		struct source_config *src = &cfg->sources[i];
-		bool seen[16] = { false };
+		bool seen[MAX_KEYS] = { false };
 		cfg->n_sources = i + 1;
 		int r = set_defaults(l, source_keys, src);
 		if (r < 0)
@@ -516,7 +535,7 @@ static int load_sources(struct loader *l, struct config *cfg, yaml_node_t *n)
 
 static int load_root(struct loader *l, struct config *cfg, yaml_node_t *root)
 {
-	bool seen_section[8] = { false };
+	bool seen_section[sizeof(sections) / sizeof(sections[0])] = { false };
 	bool seen_sources = false;
 
 	for (const struct section *s = sections; s->name; s++) {
@@ -562,7 +581,7 @@ static int load_root(struct loader *l, struct config *cfg, yaml_node_t *root)
 			continue;
 		}
 		seen_section[s - sections] = true;
-		bool seen[16] = { false };
+		bool seen[MAX_KEYS] = { false };
 		if (apply_mapping(l, s->name, s->keys, cfg, v, seen) < 0)
 			return -ENOMEM;
 	}
@@ -617,6 +636,11 @@ static void validate(struct loader *l, struct config *cfg, yaml_node_t *root)
 	if (cfg->target.id_type == ID_PC && cfg->target.api_version == 2)
 		warn(l, mark, "id_type pcId with api_version 2: with ECID-based implementations pcId "
 			      "must not be the key of a v2 batch; use api_version 1 for pcId keys");
+	char addr[64];
+	int port;
+	if (cfg->metrics.listen && listen_addr_parse(cfg->metrics.listen, addr, sizeof(addr), &port) < 0)
+		report(l, mark, "metrics.listen \"%s\" must be ADDR:PORT with a numeric address "
+				"(127.0.0.1:9641, [::1]:9641, or :9641 for every address)", cfg->metrics.listen);
 	if (cfg->n_sources == 0)
 		warn(l, mark, "no sources configured; the daemon will only deliver what is already queued");
 }
@@ -734,6 +758,7 @@ void config_destroy(struct config *cfg)
 	free(cfg->control.socket);
 	free(cfg->control.group);
 	free(cfg->verify.canary_id);
+	free(cfg->metrics.listen);
 	free(cfg);
 }
 

@@ -105,6 +105,9 @@ struct config {
 		int64_t canary_timeout_ms;
 	} verify;
 	struct {
+		char *listen; /* ADDR:PORT of the Prometheus endpoint; NULL: none */
+	} metrics;
+	struct {
 		int64_t events;     /* staging events kept per profile (0: none) */
 		int64_t max_age_ms; /* and for how long */
 	} trace;

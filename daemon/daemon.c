@@ -27,6 +27,7 @@
 #include "stage.h"
 #include "verify.h"
 #include "log.h"
+#include "metrics_http.h"
 #include "queue.h"
 #include "sender.h"
 #include "source.h"
@@ -48,6 +49,7 @@ struct daemon {
 	struct ingest *ingest;
 	struct sender *sender;
 	struct control *control;
+	struct metrics_http *metrics; /* metrics.listen; NULL: none */
 	struct integrity *integrity;
 	struct verify *verify;
 	struct source_env env;
@@ -121,6 +123,13 @@ static void stop_sources(struct daemon *d)
 
 /* --- reload ---------------------------------------------------------------------- */
 
+static int start_metrics(struct daemon *d);
+
+static bool same_string(const char *a, const char *b)
+{
+	return a == b || (a && b && strcmp(a, b) == 0);
+}
+
 /* Swaps in d->next_cfg: new sources first (the old ones stay if that fails),
  * then the sender and the control socket's policy. */
 static int apply_config(struct daemon *d)
@@ -154,6 +163,8 @@ static int apply_config(struct daemon *d)
 	free(old_sources);
 	if (d->control)
 		control_set_policy(d->control, d->cfg->control.mutating);
+	if (!same_string(old->metrics.listen, d->cfg->metrics.listen) && !d->opts.dry_run_dir)
+		start_metrics(d);
 	d->st->history.events = d->cfg->trace.events;
 	d->st->history.max_age_ms = d->cfg->trace.max_age_ms;
 	config_destroy(old);
@@ -535,6 +546,12 @@ static int write_metrics(struct daemon *d, FILE *f)
 {
 	struct queue_counts c;
 	int r = queue_counts(d->queue, true, &c);
+	fprintf(f, "# HELP tpsync_build_info The running tpsyncd's version (always 1).\n"
+		   "# TYPE tpsync_build_info gauge\ntpsync_build_info{version=\"%s\",client=\"%s\"} 1\n",
+		TPSYNC_VERSION, d->cfg->target.client_code);
+	fprintf(f, "# HELP tpsync_start_time_seconds When the daemon started, in seconds since the epoch.\n"
+		   "# TYPE tpsync_start_time_seconds gauge\ntpsync_start_time_seconds %.3f\n",
+		(double)d->started_at / 1000.0);
 	fprintf(f, "# HELP tpsync_queue_pending_profiles Profiles with staged changes not yet sent.\n"
 		   "# TYPE tpsync_queue_pending_profiles gauge\n");
 	fprintf(f, "tpsync_queue_pending_profiles %lld\n", (long long)c.pending_profiles);
@@ -555,6 +572,29 @@ static int write_metrics(struct daemon *d, FILE *f)
 	if (d->verify)
 		verify_metrics(d->verify, f);
 	return r;
+}
+
+static int write_metrics_for_http(void *arg, FILE *out)
+{
+	return write_metrics(arg, out);
+}
+
+/* (Re)binds the Prometheus endpoint to cfg->metrics.listen, or closes it. A
+ * new address that cannot be bound is logged and leaves no endpoint: the
+ * daemon's work goes on without it. Returns 0 or -EADDRNOTAVAIL. */
+static int start_metrics(struct daemon *d)
+{
+	metrics_http_free(d->metrics);
+	d->metrics = NULL;
+	if (!d->cfg->metrics.listen)
+		return 0;
+	d->metrics = metrics_http_create(d->base, d->cfg->metrics.listen, write_metrics_for_http, d);
+	if (!d->metrics) {
+		snprintf(d->last_error, sizeof(d->last_error), "cannot serve metrics on %s (see log)",
+			 d->cfg->metrics.listen);
+		return -EADDRNOTAVAIL;
+	}
+	return 0;
 }
 
 static json_t *cmd_metrics(void *arg, json_t *args, char *err, size_t size)
@@ -937,6 +977,9 @@ int daemon_run(struct config *cfg, const struct daemon_options *opts)
 					   commands, &d);
 		if (!d.control && !opts->is_once)
 			goto free_modules;
+		/* Asked for and not to be had: a start-up failure, like the socket. */
+		if (!opts->is_once && start_metrics(&d) < 0)
+			goto free_modules;
 	}
 	for (int i = 0; i < 3; i++) {
 		signals[i] = evsignal_new(d.base, sigs[i], on_signal, &d);
@@ -965,6 +1008,7 @@ free_modules:
 	free_event(&d.stop_deadline);
 	free_event(&d.apply_event);
 	control_destroy(d.control);
+	metrics_http_free(d.metrics);
 	integrity_destroy(d.integrity);
 	verify_destroy(d.verify);
 	stop_sources(&d);

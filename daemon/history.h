@@ -16,7 +16,7 @@
 
 struct history_event {
 	int64_t seq;       /* the pending_seq it took (0: none, e.g. nothing was queued) */
-	int64_t at;        /* ms since the epoch */
+	int64_t at;        /* ms since the epoch (kept to the second) */
 	int64_t file_id;   /* ingested_files.id; 0: not from a file */
 	int64_t line;      /* the file's line */
 	const char *source; /* the source's name (tpsyncd's own re-sends: "tpsyncd") */
@@ -24,7 +24,8 @@ struct history_event {
 	const char *position; /* a database source's cursor value, or why tpsyncd re-sent it */
 	size_t position_len;
 	uint32_t n_attrs;   /* the attributes it changed */
-	uint32_t attrs[HISTORY_MAX_ATTRS]; /* their ids (the first HISTORY_MAX_ATTRS) */
+	uint32_t attrs[HISTORY_MAX_ATTRS]; /* their ids (the first HISTORY_MAX_ATTRS; read back: ascending
+					    * when they were kept as a bitmap) */
 };
 
 /* Appends ev to the history old (len bytes; NULL or empty: none) into out

@@ -1186,4 +1186,11 @@ void sender_metrics(struct sender *s, FILE *out)
 	fprintf(out, "tpsync_request_duration_seconds_count %lld\n", (long long)s->latency_n);
 	fprintf(out, "# HELP tpsync_last_success_timestamp_seconds When Target last accepted a batch.\n# TYPE tpsync_last_success_timestamp_seconds gauge\n");
 	fprintf(out, "tpsync_last_success_timestamp_seconds %lld\n", (long long)(s->last_success_at / 1000));
+	/* One of them is 1: what tpsyncctl status says on its delivery line. */
+	static const char *const states[] = { "running", "paused", "auth_failed", "held_back" };
+	int now = s->is_paused ? 1 : s->is_auth_failed ? 2 : s->blocked[0] ? 3 : 0;
+	fprintf(out, "# HELP tpsync_delivery_state Whether delivery is running, paused (tpsyncctl pause), stopped by "
+		     "a refused token, or held back by a limit or Target's throttling.\n# TYPE tpsync_delivery_state gauge\n");
+	for (int i = 0; i < 4; i++)
+		fprintf(out, "tpsync_delivery_state{state=\"%s\"} %d\n", states[i], i == now);
 }

@@ -16,6 +16,12 @@ fi
 if [ "${TPSYNC_WITH_POSTGRES:-0}" = 1 ]; then
   PACKAGES+=(postgresql postgresql-client)
 fi
+# A Prometheus server (and promtool) the metrics tests start themselves on
+# loopback. Debian's package also enables its own service on :9090 where
+# systemd runs; `systemctl disable --now prometheus` if you do not want it.
+if [ "${TPSYNC_WITH_PROMETHEUS:-0}" = 1 ]; then
+  PACKAGES+=(prometheus)
+fi
 
 missing=()
 for p in "${PACKAGES[@]}"; do

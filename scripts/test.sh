@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-TPSYNC_WITH_CLANG=1 TPSYNC_WITH_POSTGRES=1 scripts/deps.sh
+TPSYNC_WITH_CLANG=1 TPSYNC_WITH_POSTGRES=1 TPSYNC_WITH_PROMETHEUS=1 scripts/deps.sh
 
 if [ ! -d build ]; then
   meson setup build -Dwerror=true

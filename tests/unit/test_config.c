@@ -186,6 +186,39 @@ static void errors(void)
 	CHECK(config_load("/nonexistent/tpsync.yaml", &cfg, NULL) == -ENOENT);
 }
 
+/* Every section at once (the "seen" sets are sized by the tables), and
+ * metrics.listen checked as a numeric ADDR:PORT. */
+static void every_section(void)
+{
+	struct config *cfg = NULL;
+	char err[4096] = "";
+	static const char base[] = "target: {client_code: demo}\nstate: {database: /tmp/x.db}\n"
+				   "control: {socket: /tmp/x.sock}\nbatch: {linger: 1s}\nretry: {max: 1m}\n"
+				   "limits: {calls_per_minute: 40}\nverify: {min_age: 2h}\ntrace: {events: 5}\n";
+	char text[1024];
+	snprintf(text, sizeof(text), "%smetrics: {listen: \"[::1]:9641\"}\n", base);
+	CHECK(load(text, &cfg, err, sizeof(err)) == 0);
+	if (cfg) {
+		CHECK_STR(cfg->metrics.listen, "[::1]:9641");
+		CHECK(cfg->trace.events == 5 && cfg->verify.min_age_ms == 7200000);
+		config_destroy(cfg);
+		cfg = NULL;
+	}
+	static const char *const bad[] = { "9641", "localhost:9641", "127.0.0.1:0", "127.0.0.1:65536", "::1:9641",
+					   "127.0.0.1:", "[::1]9641" };
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		snprintf(text, sizeof(text), "%smetrics: {listen: \"%s\"}\n", base, bad[i]);
+		err[0] = '\0';
+		CHECK(load(text, &cfg, err, sizeof(err)) == -EINVAL);
+		CHECK(strstr(err, "metrics.listen") != NULL);
+		config_destroy(cfg);
+		cfg = NULL;
+	}
+	snprintf(text, sizeof(text), "%smetrics: {listen: \":9641\"}\nmetrics: {listen: \":1\"}\n", base);
+	CHECK(load(text, &cfg, err, sizeof(err)) == -EINVAL && strstr(err, "duplicate section \"metrics\""));
+	config_destroy(cfg);
+}
+
 int main(void)
 {
 	int fd = mkstemp(path);
@@ -194,6 +227,7 @@ int main(void)
 	full();
 	defaults();
 	errors();
+	every_section();
 	unlink(path);
 	return check_result("test_config");
 }

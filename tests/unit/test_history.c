@@ -62,6 +62,38 @@ static void test_append_and_bounds(void)
 	buf_finish(&b);
 }
 
+/* A first load's dense attribute ids are kept as a bitmap, sparse ones as a
+ * list; both read back whole. */
+static void test_attribute_bitmap(void)
+{
+	struct buf b;
+	buf_init(&b);
+	struct history_event dense = ev(1, 1796000000123, "crm");
+	dense.n_attrs = 10;
+	for (uint32_t i = 0; i < 10; i++)
+		dense.attrs[i] = 10 - i; /* any order in; ascending out */
+	CHECK(history_append(NULL, 0, &dense, 20, 0, &b) == 0);
+	size_t dense_len = b.len;
+	const unsigned char *p = (const unsigned char *)b.data, *end = p + b.len;
+	struct history_event e;
+	CHECK(history_next(&p, end, &e) == 1 && e.n_attrs == 10 && p == end);
+	for (uint32_t i = 0; i < 10; i++)
+		CHECK(e.attrs[i] == i + 1);
+	CHECK(e.at == 1796000000000); /* to the second */
+	dense.attrs[9] = 300; /* sparse: listed */
+	CHECK(history_append(NULL, 0, &dense, 20, 0, &b) == 0);
+	p = (const unsigned char *)b.data;
+	end = p + b.len;
+	CHECK(history_next(&p, end, &e) == 1 && e.n_attrs == 10 && e.attrs[9] == 300 && e.attrs[0] == 10);
+	/* seq, at, file, line, source, position, count: 16 bytes; 3 for the ids. */
+	CHECK(dense_len <= 20);
+	/* A bitmap that holds fewer ids than its count says is corrupt. */
+	static const unsigned char bad[] = { 1, 1, 0, 0, 0, 0, (5 << 1) | 1, 1, 0x03 };
+	p = bad;
+	CHECK(history_next(&p, bad + sizeof(bad), &e) == -EINVAL);
+	buf_finish(&b);
+}
+
 static void test_corrupt(void)
 {
 	struct buf b;
@@ -79,6 +111,7 @@ static void test_corrupt(void)
 int main(void)
 {
 	RUN(test_append_and_bounds);
+	RUN(test_attribute_bitmap);
 	RUN(test_corrupt);
 	return check_result("test_history");
 }
