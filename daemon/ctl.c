@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
+#include <limits.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -61,6 +62,13 @@ static const struct command {
 	  "goes on (its own connection, in a thread; minutes for a large one), waits for\n"
 	  "it and prints ok or the problems found. Exit 0 ok, 1 damaged. tpsyncd runs the\n"
 	  "quicker quick_check at every start. Needs root or the daemon's user." },
+	{ "backup", "FILE", "a consistent copy of the state database, while it runs",
+	  "Copies the state database to FILE (which must not exist) with SQLite's online\n"
+	  "backup API, in steps between the daemon's other work, and waits for it: FILE\n"
+	  "is written as FILE.tmp (mode 0600, by the daemon's user, so its directory\n"
+	  "must be writable by it), synced, and renamed when complete. To restore: stop\n"
+	  "tpsyncd, copy FILE to state.database (removing its -wal and -shm files),\n"
+	  "start it. Exit 0 written, 1 failed. Needs root or the daemon's user." },
 	{ "verify", "ID... | --sample N | --all [--background] | --stop [--no-repair]",
 	  "compare what Target holds with the mirror, and repair",
 	  "Fetches the profiles from Target's profile fetch API (within\n"
@@ -413,6 +421,48 @@ static int run_verify(const char *path, json_t *args, bool is_background, bool a
 	}
 }
 
+/* tpsyncctl backup FILE: FILE made absolute here (the daemon has its own
+ * working directory), then followed until the copy is done. */
+static int run_backup(const char *path, const char *file, bool as_json)
+{
+	char abs[PATH_MAX];
+	if (file[0] == '/') {
+		snprintf(abs, sizeof(abs), "%s", file);
+	} else {
+		char cwd[PATH_MAX];
+		if (!getcwd(cwd, sizeof(cwd)) || snprintf(abs, sizeof(abs), "%s/%s", cwd, file) >= (int)sizeof(abs)) {
+			fprintf(stderr, "tpsyncctl: backup: cannot make %s an absolute path\n", file);
+			return EXIT_USAGE;
+		}
+	}
+	json_t *reply = ask(path, "backup", json_pack("{s:s}", "path", abs));
+	for (;;) {
+		if (!reply)
+			return EXIT_UNREACHABLE;
+		json_t *r = json_object_get(reply, "result");
+		if (!json_is_true(json_object_get(reply, "ok"))) {
+			fprintf(stderr, "tpsyncctl: backup: %s\n", str(reply, "error"));
+			json_decref(reply);
+			return EXIT_REFUSED;
+		}
+		if (strcmp(str(r, "state"), "running") != 0) {
+			bool ok = strcmp(str(r, "state"), "done") == 0;
+			if (as_json)
+				print_json(r);
+			else if (ok)
+				printf("backup written: %s (%.1f MB in %.1f s)\n", str(r, "path"), (double)num(r, "bytes") / 1e6,
+				       (double)(num(r, "finished_at") - num(r, "started_at")) / 1000.0);
+			else
+				fprintf(stderr, "tpsyncctl: backup failed: %s\n", str(r, "error"));
+			json_decref(reply);
+			return ok ? 0 : EXIT_REFUSED;
+		}
+		json_decref(reply);
+		usleep(200 * 1000);
+		reply = ask(path, "backup", json_object());
+	}
+}
+
 static void print_set(const char *label, json_t *set)
 {
 	const char *k;
@@ -622,6 +672,15 @@ int main(int argc, char **argv)
 		if (no_repair)
 			json_object_set_new(args, "no_repair", json_true());
 		return run_verify(path, args, background, as_json);
+	}
+	if (strcmp(cmd, "backup") == 0) {
+		if (optind + 1 != argc) {
+			fprintf(stderr, "tpsyncctl: backup needs one file name\n");
+			json_decref(args);
+			return EXIT_USAGE;
+		}
+		json_decref(args);
+		return run_backup(path, argv[optind], as_json);
 	}
 	if (strcmp(cmd, "trace") == 0) {
 		if (optind + 1 != argc) {

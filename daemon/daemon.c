@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "build_config.h"
+#include "backup.h"
 #include "clock.h"
 #include "control.h"
 #include "dead_letters.h"
@@ -51,6 +52,7 @@ struct daemon {
 	struct control *control;
 	struct metrics_http *metrics; /* metrics.listen; NULL: none */
 	struct integrity *integrity;
+	struct backup *backup;
 	struct verify *verify;
 	struct source_env env;
 	struct source **sources; /* one per cfg->sources entry */
@@ -635,6 +637,17 @@ static json_t *cmd_check(void *arg, json_t *args, char *err, size_t size)
 	return integrity_status(d->integrity);
 }
 
+/* tpsyncctl backup: starts a copy to args.path (with args.start) and says how
+ * the last one stands; tpsyncctl asks again until it is done. */
+static json_t *cmd_backup(void *arg, json_t *args, char *err, size_t size)
+{
+	struct daemon *d = arg;
+	const char *path = json_string_value(json_object_get(args, "path"));
+	if (path && backup_start(d->backup, path, err, size) < 0)
+		return NULL;
+	return backup_status(d->backup);
+}
+
 /* tpsyncctl verify (and canary): starts a run; tpsyncctl follows it with
  * verify-status. */
 static json_t *cmd_verify(void *arg, json_t *args, char *err, size_t size)
@@ -810,6 +823,7 @@ static const struct control_command commands[] = {
 	{ "rescan", true, cmd_rescan },
 	{ "reload", true, cmd_reload },
 	{ "check", true, cmd_check },
+	{ "backup", true, cmd_backup },
 	{ "verify", true, cmd_verify },
 	{ "verify-status", false, cmd_verify_status },
 	{ "verify-stop", true, cmd_verify_stop },
@@ -951,9 +965,10 @@ int daemon_run(struct config *cfg, const struct daemon_options *opts)
 	d.dead_at_start = dead_letters_count(d.st);
 	d.apply_event = event_new(d.base, -1, 0, on_apply, &d);
 	d.integrity = integrity_create(db_path);
+	d.backup = backup_create(d.base, d.st->db);
 	d.queue = queue_create(d.st);
 	d.ingest = ingest_create(d.base, d.st, opts->dry_run_dir, &ingest_listener, &d);
-	if (!d.apply_event || !d.integrity || !d.queue || !d.ingest) {
+	if (!d.apply_event || !d.integrity || !d.backup || !d.queue || !d.ingest) {
 		log_err("msg=\"cannot start\" error=\"out of memory\"");
 		goto free_modules;
 	}
@@ -1009,6 +1024,7 @@ free_modules:
 	free_event(&d.apply_event);
 	control_destroy(d.control);
 	metrics_http_free(d.metrics);
+	backup_destroy(d.backup);
 	integrity_destroy(d.integrity);
 	verify_destroy(d.verify);
 	stop_sources(&d);
