@@ -22,6 +22,10 @@ fi
 if [ "${TPSYNC_WITH_PROMETHEUS:-0}" = 1 ]; then
   PACKAGES+=(prometheus)
 fi
+# Building and checking the Debian package (dpkg-buildpackage -us -uc -b).
+if [ "${TPSYNC_WITH_PACKAGING:-0}" = 1 ]; then
+  PACKAGES+=(build-essential dpkg-dev debhelper lintian)
+fi
 
 missing=()
 for p in "${PACKAGES[@]}"; do
