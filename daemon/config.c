@@ -18,7 +18,7 @@
 #include "listen_addr.h"
 #include "units.h"
 
-enum key_type { K_STRING, K_INT, K_DURATION, K_SIZE, K_ENUM, K_BOOL, K_DELIM, K_STRLIST, K_RENAMES };
+enum key_type { K_STRING, K_INT, K_DURATION, K_SIZE, K_ENUM, K_BOOL, K_DELIM, K_STRLIST, K_RENAMES, K_MAPPING };
 
 struct key_desc {
 	const char *name;
@@ -27,6 +27,8 @@ struct key_desc {
 	int64_t min, max;          /* for K_INT, K_DURATION, K_SIZE */
 	const char *def;           /* default, parsed like a value; NULL: none */
 	const char *const *choices; /* for K_ENUM, in enum order */
+	const struct key_desc *sub; /* for K_MAPPING: its keys (offsets into the same struct) */
+	size_t seen_offset;         /* for K_MAPPING: a bool set when the mapping is given */
 	bool required;
 };
 
@@ -52,12 +54,27 @@ struct section {
 	const struct key_desc *keys;
 };
 
+static const struct key_desc oauth_keys[] = {
+	{ .name = "client_id", .type = K_STRING, .offset = C(target.oauth.client_id), .required = true },
+	{ .name = "client_secret_file", .type = K_STRING, .offset = C(target.oauth.client_secret_file) },
+	{ .name = "tenant", .type = K_STRING, .offset = C(target.oauth.tenant), .required = true },
+	{ .name = "ims_url", .type = K_STRING, .offset = C(target.oauth.ims_url),
+	  .def = "https://ims-na1.adobelogin.com/ims/token/v3" },
+	{ .name = "admin_url", .type = K_STRING, .offset = C(target.oauth.admin_url), .def = "https://mc.adobe.io" },
+	{ .name = "scope", .type = K_STRING, .offset = C(target.oauth.scope),
+	  .def = "openid,AdobeID,target_sdk,additional_info.projectedProductContext,read_organizations,additional_info.roles" },
+	{ .name = "renew_before", .type = K_DURATION, .offset = C(target.oauth.renew_before_ms), .min = 1000,
+	  .max = 30 * DAY, .def = "1h" },
+	{ .name = NULL }
+};
+
 static const struct key_desc target_keys[] = {
 	{ .name = "client_code", .type = K_STRING, .offset = C(target.client_code), .required = true },
 	{ .name = "base_url", .type = K_STRING, .offset = C(target.base_url) },
 	{ .name = "api_version", .type = K_INT, .offset = C(target.api_version), .min = 1, .max = 2, .def = "2" },
 	{ .name = "id_type", .type = K_ENUM, .offset = C(target.id_type), .def = "thirdPartyId", .choices = id_types },
 	{ .name = "token_file", .type = K_STRING, .offset = C(target.token_file) },
+	{ .name = "oauth", .type = K_MAPPING, .sub = oauth_keys, .seen_offset = C(target.oauth.is_set) },
 	{ .name = "ca_file", .type = K_STRING, .offset = C(target.ca_file) },
 	{ .name = "timeout", .type = K_DURATION, .offset = C(target.timeout_ms), .min = 1000, .max = DAY, .def = "60s" },
 	{ .name = "connect_timeout", .type = K_DURATION, .offset = C(target.connect_timeout_ms), .min = 100, .max = 600000, .def = "10s" },
@@ -149,6 +166,7 @@ static const struct section sections[] = {
 /* Keys a section (or a source) may have: the size of the "seen" sets. */
 #define MAX_KEYS 32
 _Static_assert(sizeof(target_keys) / sizeof(target_keys[0]) <= MAX_KEYS, "target_keys: raise MAX_KEYS");
+_Static_assert(sizeof(oauth_keys) / sizeof(oauth_keys[0]) <= MAX_KEYS, "oauth_keys: raise MAX_KEYS");
 _Static_assert(sizeof(state_keys) / sizeof(state_keys[0]) <= MAX_KEYS, "state_keys: raise MAX_KEYS");
 _Static_assert(sizeof(control_keys) / sizeof(control_keys[0]) <= MAX_KEYS, "control_keys: raise MAX_KEYS");
 _Static_assert(sizeof(batch_keys) / sizeof(batch_keys[0]) <= MAX_KEYS, "batch_keys: raise MAX_KEYS");
@@ -411,6 +429,15 @@ static int apply_mapping(struct loader *l, const char *where, const struct key_d
 			r = set_strlist(l, d, base, v);
 		else if (d->type == K_RENAMES)
 			r = set_renames(l, d, base, v);
+		else if (d->type == K_MAPPING) {
+			bool sub_seen[MAX_KEYS] = { false };
+			char sub_where[96];
+			snprintf(sub_where, sizeof(sub_where), "%s.%s", where, d->name);
+			*(bool *)((char *)base + d->seen_offset) = true;
+			r = set_defaults(l, d->sub, base);
+			if (r == 0)
+				r = apply_mapping(l, sub_where, d->sub, base, v, sub_seen);
+		}
 		else if (v->type != YAML_SCALAR_NODE) {
 			report(l, &v->start_mark, "%s: expected a single value", d->name);
 			r = -EINVAL;
@@ -618,6 +645,21 @@ static void validate(struct loader *l, struct config *cfg, yaml_node_t *root)
 		    strncmp(cfg->target.base_url, "http://", 7) != 0)
 			report(l, mark, "target.base_url must start with https:// (or http:// for tests)");
 	}
+	if (cfg->target.oauth.is_set) {
+		if (cfg->target.token_file)
+			report(l, mark, "target.oauth and target.token_file: choose one (oauth makes and renews the token)");
+		if (cfg->target.oauth.ims_url && strncmp(cfg->target.oauth.ims_url, "https://", 8) != 0)
+			report(l, mark, "target.oauth.ims_url must start with https:// (the client secret goes there)");
+		if (cfg->target.oauth.admin_url && strncmp(cfg->target.oauth.admin_url, "https://", 8) != 0)
+			report(l, mark, "target.oauth.admin_url must start with https://");
+		if (cfg->target.oauth.tenant && (!*cfg->target.oauth.tenant || strpbrk(cfg->target.oauth.tenant, "/?#%")))
+			report(l, mark, "target.oauth.tenant \"%s\" must be a plain name", cfg->target.oauth.tenant);
+		if (cfg->target.oauth.admin_url) {
+			size_t n = strlen(cfg->target.oauth.admin_url);
+			while (n && cfg->target.oauth.admin_url[n - 1] == '/')
+				cfg->target.oauth.admin_url[--n] = '\0';
+		}
+	}
 	if (cfg->retry.initial_ms > cfg->retry.max_ms)
 		report(l, mark, "retry.initial must not be longer than retry.max");
 	if (cfg->target.poll_interval_ms > cfg->target.poll_max_ms)
@@ -753,6 +795,12 @@ void config_destroy(struct config *cfg)
 	free(cfg->target.client_code);
 	free(cfg->target.base_url);
 	free(cfg->target.token_file);
+	free(cfg->target.oauth.client_id);
+	free(cfg->target.oauth.client_secret_file);
+	free(cfg->target.oauth.tenant);
+	free(cfg->target.oauth.ims_url);
+	free(cfg->target.oauth.admin_url);
+	free(cfg->target.oauth.scope);
 	free(cfg->target.ca_file);
 	free(cfg->state.database);
 	free(cfg->control.socket);

@@ -67,6 +67,16 @@ struct config {
 		int64_t poll_interval_ms;   /* the first status poll; later ones back off */
 		int64_t poll_max_ms;        /* the longest wait between two polls */
 		int64_t status_ttl_ms;      /* how long a batch's status can be had */
+		struct {
+			bool is_set;              /* target.oauth given: tokens are made, not read */
+			char *client_id;
+			char *client_secret_file; /* NULL: $CREDENTIALS_DIRECTORY/oauth-secret */
+			char *tenant;
+			char *ims_url;
+			char *admin_url;          /* without a trailing slash */
+			char *scope;
+			int64_t renew_before_ms;  /* a token expiring sooner than this is renewed */
+		} oauth;
 	} target;
 	struct {
 		char *database;

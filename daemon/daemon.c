@@ -29,6 +29,7 @@
 #include "verify.h"
 #include "log.h"
 #include "metrics_http.h"
+#include "oauth.h"
 #include "queue.h"
 #include "sender.h"
 #include "source.h"
@@ -54,6 +55,7 @@ struct daemon {
 	struct integrity *integrity;
 	struct backup *backup;
 	struct verify *verify;
+	struct oauth *oauth;          /* target.oauth; NULL: the token comes from a file */
 	struct source_env env;
 	struct source **sources; /* one per cfg->sources entry */
 	size_t n_sources;
@@ -144,7 +146,8 @@ static int apply_config(struct daemon *d)
 	d->sources = NULL;
 	d->n_sources = 0;
 	int r = start_sources(d);
-	if (r < 0 || sender_reconfigure(d->sender, d->cfg) < 0 || verify_reconfigure(d->verify, d->cfg) < 0) {
+	if (r < 0 || sender_reconfigure(d->sender, d->cfg) < 0 || verify_reconfigure(d->verify, d->cfg) < 0 ||
+	    (d->oauth && d->cfg->target.oauth.is_set && oauth_reconfigure(d->oauth, d->cfg) < 0)) {
 		stop_sources(d);
 		config_destroy(d->cfg);
 		d->cfg = old;
@@ -197,6 +200,13 @@ static int reload(struct daemon *d)
 		return -EINVAL;
 	}
 	free(errtext);
+	if (cfg->target.oauth.is_set != d->cfg->target.oauth.is_set) {
+		log_err("msg=\"reload rejected: switching between target.oauth and a token file needs a restart\"");
+		snprintf(d->last_error, sizeof(d->last_error),
+			 "reload rejected: switching between target.oauth and a token file needs a restart");
+		config_destroy(cfg);
+		return -EINVAL;
+	}
 	/* These are bound at start-up; changing them needs a restart. */
 	if (strcmp(cfg->state.database, d->cfg->state.database) != 0 || strcmp(cfg->control.socket, d->cfg->control.socket) != 0) {
 		log_warn("msg=\"state.database and control.socket changes take effect at restart\"");
@@ -269,7 +279,16 @@ static bool is_reading(void *arg)
 	return false;
 }
 
-static const struct sender_listener sender_listener = { .progress = on_batch_moved, .is_reading = is_reading };
+/* Target refused the token (bulk or fetch API): target.oauth renews it. */
+static void on_auth_refused(void *arg, const char *token)
+{
+	struct daemon *d = arg;
+	if (d->oauth)
+		oauth_renew(d->oauth, token);
+}
+
+static const struct sender_listener sender_listener = { .progress = on_batch_moved, .is_reading = is_reading,
+							 .auth_refused = on_auth_refused };
 
 /* A verification queued values again (the canary wants them sent at once). */
 static void on_verify_queued(void *arg, bool with_flush)
@@ -281,7 +300,39 @@ static void on_verify_queued(void *arg, bool with_flush)
 		sender_kick(d->sender);
 }
 
-static const struct verify_listener verify_listener = { .queued = on_verify_queued };
+static const struct verify_listener verify_listener = { .queued = on_verify_queued, .auth_refused = on_auth_refused };
+
+/* target.oauth made or read a token: both callers of the profile API use it. */
+static void on_oauth_token(void *arg, const char *token)
+{
+	struct daemon *d = arg;
+	sender_set_token(d->sender, token);
+	if (d->verify)
+		verify_set_token(d->verify, token);
+}
+
+static void on_oauth_failed(void *arg, const char *why)
+{
+	struct daemon *d = arg;
+	sender_token_problem(d->sender, why);
+}
+
+static void on_oauth_hold(void *arg, bool on)
+{
+	struct daemon *d = arg;
+	sender_hold_token(d->sender, on);
+	if (d->verify)
+		verify_hold_token(d->verify, on);
+}
+
+static int oauth_calls_in_flight(void *arg)
+{
+	struct daemon *d = arg;
+	return sender_calls_in_flight(d->sender) + (d->verify ? verify_calls_in_flight(d->verify) : 0);
+}
+
+static const struct oauth_listener oauth_listener = { .token = on_oauth_token, .failed = on_oauth_failed,
+						       .hold = on_oauth_hold, .calls_in_flight = oauth_calls_in_flight };
 
 /* systemd's STATUS= line, refreshed by a timer (counting the queue is not free,
  * so it is never done per slice), and only when systemd listens. */
@@ -428,6 +479,8 @@ static json_t *cmd_status(void *arg, json_t *args, char *err, size_t size)
 	sender_status(d->sender, r);
 	if (d->verify)
 		verify_status(d->verify, r);
+	if (d->oauth)
+		oauth_status(d->oauth, r);
 	json_object_set_new(r, "sources", sources_json(d));
 	json_object_set_new(r, "ingesting", json_boolean(!ingest_is_idle(d->ingest)));
 	return r;
@@ -982,6 +1035,8 @@ int daemon_run(struct config *cfg, const struct daemon_options *opts)
 		d.verify = verify_create(d.base, d.st, d.cfg, &verify_listener, &d);
 		if (!d.verify)
 			goto free_modules;
+		if (d.cfg->target.oauth.is_set && !(d.oauth = oauth_create(d.base, d.cfg, &oauth_listener, &d)))
+			goto free_modules;
 	}
 	d.env = (struct source_env){ .base = d.base, .st = d.st, .ingest = d.ingest,
 				     .is_dry_run = opts->dry_run_dir != NULL, .listener = &source_listener, .arg = &d };
@@ -1026,6 +1081,7 @@ free_modules:
 	metrics_http_free(d.metrics);
 	backup_destroy(d.backup);
 	integrity_destroy(d.integrity);
+	oauth_destroy(d.oauth);
 	verify_destroy(d.verify);
 	stop_sources(&d);
 	sender_destroy(d.sender);

@@ -281,6 +281,13 @@ int http_start(struct http *h, struct http_call *c)
 				c->headers = l;
 		}
 	}
+	if (r == 0 && c->extra_header) {
+		struct curl_slist *l = curl_slist_append(c->headers, c->extra_header);
+		if (!l)
+			r = -ENOMEM;
+		else
+			c->headers = l;
+	}
 	if (r == 0 && curl_easy_setopt(e, CURLOPT_HTTPHEADER, c->headers) != CURLE_OK)
 		r = -EIO;
 	if (r == 0) {

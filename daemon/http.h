@@ -20,6 +20,7 @@ struct http_call {
 	/* Set by the caller before http_start. */
 	const char *url;
 	const char *bearer;        /* sent as "Authorization: Bearer ..." when not NULL */
+	const char *extra_header;  /* one more header line ("X-Api-Key: ..."), or NULL */
 	FILE *body;                /* POST this, from its current offset; NULL: GET */
 	int64_t body_size;
 	const char *content_type;  /* of the body */

@@ -72,12 +72,15 @@ struct sender {
 	struct token token;
 	bool is_paused;
 	bool is_auth_failed;
+	bool is_renew_asked;        /* target.oauth: a 401 asked for a new token; cleared by a success */
+	bool is_token_held;         /* target.oauth: the token is being replaced; start no call */
+	char token_problem[300];    /* target.oauth: why there is no token */
 	bool is_flush;
 	bool is_stopping;
 	int64_t auth_probe_at;
 	int64_t throttled_until;    /* Target answered 429/503: the whole account waits */
 	unsigned throttle_level;    /* consecutive throttled answers, for the backoff */
-	char blocked[256];
+	char blocked[400];
 	int64_t blocked_until;
 	char *submit_url;
 	uint64_t dry_run_seq;
@@ -168,6 +171,15 @@ static void mark_auth_failed(struct sender *s, long http)
 	s->auth_failures++;
 	s->auth_probe_at = clock_wall_ms() + s->cfg->retry.max_ms;
 	note_error(s, "authentication failed (HTTP %ld); waiting for a new token", http);
+	if (s->cfg->target.oauth.is_set) {
+		/* Renew once before pausing: another user of the account may
+		 * have made a new token. */
+		if (!s->is_renew_asked && s->l->auth_refused) {
+			s->is_renew_asked = true;
+			s->l->auth_refused(s->arg, s->token.value);
+		}
+		return;
+	}
 	int r = token_load(&s->token, s->cfg);
 	if (r < 0)
 		log_err("msg=\"cannot read token\" path=\"%s\" error=\"%s\"", s->token.path, strerror(-r));
@@ -176,6 +188,7 @@ static void mark_auth_failed(struct sender *s, long http)
 /* Target answered with the token accepted: an authentication pause is over. */
 static void auth_ok(struct sender *s)
 {
+	s->is_renew_asked = false;
 	if (!s->is_auth_failed)
 		return;
 	s->is_auth_failed = false;
@@ -885,7 +898,16 @@ static void pump(struct sender *s)
 		set_blocked(s, "Target throttling (HTTP 429/503)", s->throttled_until);
 		take_earlier(&wake, s->throttled_until);
 	}
-	if (s->is_auth_failed) {
+	/* target.oauth has not handed in a token yet: nothing can be sent. */
+	bool is_tokenless = cfg->target.oauth.is_set && (!s->token.value || s->is_token_held);
+	if (is_tokenless && s->is_token_held) {
+		may_submit = false;
+		set_blocked(s, "renewing the profile API token (target.oauth)", 0);
+	} else if (is_tokenless) {
+		may_submit = false;
+		set_blocked(s, s->token_problem[0] ? s->token_problem : "waiting for a profile API token (target.oauth)",
+			    0);
+	} else if (s->is_auth_failed) {
 		if (token_changed(&s->token) && token_load(&s->token, cfg) == 0) {
 			log_info("msg=\"token file changed; resuming delivery\"");
 			s->is_auth_failed = false;
@@ -930,7 +952,7 @@ static void pump(struct sender *s)
 	bool is_submission_waiting = queue_next_ready(s->q, now, &unused) > 0 || queue_oldest_unbatched(s->q) > 0;
 	struct poll_round round = { .s = s, .now = now, .wake = &wake, .is_submission_waiting = is_submission_waiting };
 	int64_t next_poll = 0;
-	if (!is_throttled && queue_due_polls(s->q, now, poll_one, &round, &next_poll) < 0)
+	if (!is_throttled && !is_tokenless && queue_due_polls(s->q, now, poll_one, &round, &next_poll) < 0)
 		db_failed(s, "polling");
 	take_earlier(&wake, next_poll);
 	if (wake) {
@@ -1045,6 +1067,39 @@ void sender_set_paused(struct sender *s, bool paused)
 void sender_flush(struct sender *s)
 {
 	s->is_flush = true;
+	sender_kick(s);
+}
+
+void sender_set_token(struct sender *s, const char *token)
+{
+	if (token_set(&s->token, token) < 0) {
+		log_err("msg=\"cannot keep the new token\" error=\"out of memory\"");
+		return;
+	}
+	s->token_problem[0] = '\0';
+	if (s->is_auth_failed) {
+		s->is_auth_failed = false;
+		log_info("msg=\"new profile API token from target.oauth; resuming delivery\"");
+	}
+	sender_kick(s);
+}
+
+void sender_hold_token(struct sender *s, bool on)
+{
+	s->is_token_held = on;
+	if (!on)
+		sender_kick(s);
+}
+
+int sender_calls_in_flight(const struct sender *s)
+{
+	return http_active(s->http);
+}
+
+void sender_token_problem(struct sender *s, const char *why)
+{
+	snprintf(s->token_problem, sizeof(s->token_problem), "no profile API token: %s", why);
+	note_error(s, "%s", s->token_problem);
 	sender_kick(s);
 }
 

@@ -28,6 +28,9 @@ struct sender_listener {
 	/* Whether a source is in the middle of a file or a database read (may be
 	 * NULL: never); a batch that is not full waits for the rest. */
 	bool (*is_reading)(void *arg);
+	/* target.oauth: Target refused token (a 401); a new one is wanted
+	 * (sender_set_token). May be NULL. */
+	void (*auth_refused)(void *arg, const char *token);
 };
 
 /* Creates the sender on base over queue q (st is q's store, for its error
@@ -51,6 +54,15 @@ void sender_flush(struct sender *s);
 /* Re-reads the token (SIGHUP); clears an authentication pause. Returns 0 or a
  * negative errno (the old token stays; the error is logged). */
 int sender_reload_token(struct sender *s);
+/* target.oauth: token (copied) from now on; clears an authentication pause. */
+void sender_set_token(struct sender *s, const char *token);
+/* target.oauth: while on, start no call (the token is being replaced). */
+void sender_hold_token(struct sender *s, bool on);
+/* Requests to Target on the wire now. */
+int sender_calls_in_flight(const struct sender *s);
+/* target.oauth: no token could be had (why: what refused it); shown as what
+ * holds delivery back until a token comes. */
+void sender_token_problem(struct sender *s, const char *why);
 /* Uses cfg from now on (endpoint, call rate). Returns 0 or -ENOMEM (the old
  * settings stay). */
 int sender_reconfigure(struct sender *s, const struct config *cfg);

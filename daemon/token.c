@@ -19,41 +19,25 @@ static void wipe(char *s)
 	}
 }
 
-int token_load(struct token *t, const struct config *cfg)
+int token_read_secret(const char *path, char **value, struct stat *sb)
 {
-	char path[4096] = "";
-	const char *creds = getenv("CREDENTIALS_DIRECTORY");
-	if (cfg->target.token_file)
-		snprintf(path, sizeof(path), "%s", cfg->target.token_file);
-	else if (creds)
-		snprintf(path, sizeof(path), "%s/target-token", creds);
-	if (!path[0]) {
-		wipe(t->value);
-		t->value = NULL;
-		t->path[0] = '\0';
-		return 0;
-	}
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0) {
-		int r = -errno;
-		if (r == -ENOENT && !cfg->target.token_file) {
-			/* No credential passed: run without authentication. */
-			wipe(t->value);
-			t->value = NULL;
-			t->path[0] = '\0';
-			return 0;
-		}
-		return r;
-	}
-	struct stat sb;
+	/* O_NONBLOCK: a FIFO put there must not stall the loop; only a regular
+	 * file is read. */
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+	if (fd < 0)
+		return -errno;
 	char buf[8192];
 	ssize_t n = -1;
-	if (fstat(fd, &sb) == 0)
-		n = read(fd, buf, sizeof(buf) - 1);
-	int e = errno;
+	int e = 0;
+	if (fstat(fd, sb) < 0)
+		e = errno;
+	else if (!S_ISREG(sb->st_mode))
+		e = EINVAL;
+	else if ((n = read(fd, buf, sizeof(buf) - 1)) < 0)
+		e = errno;
 	close(fd);
-	if (n < 0)
-		return -e;
+	if (e || n < 0)
+		return e ? -e : -EIO;
 	buf[n] = '\0';
 	while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' ' || buf[n - 1] == '\t'))
 		buf[--n] = '\0';
@@ -63,18 +47,54 @@ int token_load(struct token *t, const struct config *cfg)
 	for (char *c = start; *c; c++) {
 		if ((unsigned char)*c < 0x21 || (unsigned char)*c > 0x7e) {
 			explicit_bzero(buf, sizeof(buf));
-			return -EINVAL; /* would break the header line */
+			return -EINVAL; /* would break a header line or a form */
 		}
 	}
-	char *value = *start ? strdup(start) : NULL;
+	*value = *start ? strdup(start) : NULL;
+	int r = *start && !*value ? -ENOMEM : 0;
 	explicit_bzero(buf, sizeof(buf));
-	if (*start && !value)
-		return -ENOMEM;
+	return r;
+}
+
+int token_load(struct token *t, const struct config *cfg)
+{
+	if (cfg->target.oauth.is_set)
+		return 0; /* made by target.oauth, handed in with token_set */
+	char path[4096] = "";
+	const char *creds = getenv("CREDENTIALS_DIRECTORY");
+	if (cfg->target.token_file)
+		snprintf(path, sizeof(path), "%s", cfg->target.token_file);
+	else if (creds)
+		snprintf(path, sizeof(path), "%s/target-token", creds);
+	struct stat sb;
+	char *value = NULL;
+	int r = path[0] ? token_read_secret(path, &value, &sb) : -ENOENT;
+	if (r == -ENOENT && !cfg->target.token_file) {
+		/* No credential passed: run without authentication. */
+		wipe(t->value);
+		t->value = NULL;
+		t->path[0] = '\0';
+		return 0;
+	}
+	if (r < 0)
+		return r;
 	wipe(t->value);
 	t->value = value;
 	snprintf(t->path, sizeof(t->path), "%s", path);
 	t->mtime_ns = (long long)sb.st_mtim.tv_sec * 1000000000LL + sb.st_mtim.tv_nsec;
 	t->mode = (unsigned)(sb.st_mode & 07777);
+	return 0;
+}
+
+int token_set(struct token *t, const char *value)
+{
+	char *copy = value ? strdup(value) : NULL;
+	if (value && !copy)
+		return -ENOMEM;
+	wipe(t->value);
+	t->value = copy;
+	t->path[0] = '\0';
+	t->mode = 0;
 	return 0;
 }
 

@@ -1,10 +1,12 @@
 /* SPDX-License-Identifier: MIT */
 /* The Target API token: read from target.token_file or systemd's credentials
- * directory, kept in memory only, re-read on SIGHUP and after a 401. */
+ * directory (or made by target.oauth and handed in), kept in memory only,
+ * re-read on SIGHUP and after a 401. */
 #ifndef TPSYNC_TOKEN_H
 #define TPSYNC_TOKEN_H
 
 #include <stdbool.h>
+#include <sys/stat.h>
 
 #include "config.h"
 
@@ -19,10 +21,19 @@ struct token {
  * refuses such key files; tpsyncd warns). */
 bool token_is_exposed(const struct token *t);
 
-/* (Re)loads the token. Returns 0 (value may be NULL when no file is configured
+/* (Re)loads the token from its file; with target.oauth it does nothing (the
+ * token comes through token_set). Returns 0 (value may be NULL when no file is configured
  * or found), or a negative errno when a configured file cannot be read; the old
  * value is kept then. Never logs the token. */
 int token_load(struct token *t, const struct config *cfg);
+/* Uses value (copied; NULL: none), a token made by target.oauth. Returns 0
+ * or -ENOMEM (the old value stays). */
+int token_set(struct token *t, const char *value);
+/* Reads the secret in the regular file path (never a FIFO: opened without
+ * blocking) into *value (malloc'd; NULL when the file is blank), trimmed of
+ * surrounding white space, and its stat into sb. Returns 0, -EINVAL (not a
+ * regular file, or characters that cannot go into a header), or the errno. */
+int token_read_secret(const char *path, char **value, struct stat *sb);
 /* True when the token file's modification time differs from the loaded one. */
 bool token_changed(const struct token *t);
 /* Wipes and frees the value. */

@@ -116,6 +116,7 @@ struct verify {
 	struct fetch *fetches; /* on the wire */
 	int n_fetches;
 	bool is_auth_failed;
+	bool is_token_held; /* target.oauth: the token is being replaced; start no fetch */
 	int64_t steady_next_at;
 	int64_t totals[C_COUNT];
 	int64_t runs_done;
@@ -479,10 +480,15 @@ static void on_fetched(void *arg, struct http_call *call)
 		if (!v->is_auth_failed)
 			log_err("msg=\"the fetch API refused the token; verification waits for a new one\" http=%ld",
 				call->status);
+		bool was_failed = v->is_auth_failed;
 		v->is_auth_failed = true;
 		snprintf(run->last_error, sizeof(run->last_error), "%s", why);
-		if (token_changed(&v->token))
+		if (v->cfg->target.oauth.is_set) {
+			if (!was_failed && v->l && v->l->auth_refused)
+				v->l->auth_refused(v->arg, v->token.value);
+		} else if (token_changed(&v->token)) {
 			token_load(&v->token, v->cfg);
+		}
 		is_done = false;
 		again(run, it, v->cfg->retry.max_ms);
 	} else if (verdict == TARGET_FETCH_RETRY && ++it->attempts < MAX_ATTEMPTS) {
@@ -728,7 +734,8 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
 			bool is_background = run->kind == VERIFY_ALL || run->kind == VERIFY_STEADY;
 			if (run->state != RUN_RUNNING || is_background != (pass == 1))
 				continue;
-			while (v->n_fetches < MAX_FETCHES) {
+			bool is_tokenless = v->cfg->target.oauth.is_set && (!v->token.value || v->is_token_held);
+			while (!is_tokenless && v->n_fetches < MAX_FETCHES) {
 				if (!callrate_may_call(&v->calls, now, &free_at)) {
 					take_earlier(&wake, free_at);
 					break;
@@ -1142,6 +1149,28 @@ int verify_reconfigure(struct verify *v, const struct config *cfg)
 		return -ENOMEM;
 	kick(v);
 	return 0;
+}
+
+void verify_hold_token(struct verify *v, bool on)
+{
+	v->is_token_held = on;
+	if (!on)
+		kick(v);
+}
+
+int verify_calls_in_flight(const struct verify *v)
+{
+	return (int)v->n_fetches;
+}
+
+void verify_set_token(struct verify *v, const char *token)
+{
+	if (token_set(&v->token, token) < 0) {
+		log_err("msg=\"cannot keep the new token\" error=\"out of memory\"");
+		return;
+	}
+	v->is_auth_failed = false;
+	kick(v);
 }
 
 int verify_reload_token(struct verify *v)

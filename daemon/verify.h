@@ -24,6 +24,9 @@ struct verify_listener {
 	/* Values were queued again (a repair, the canary): the sender may have
 	 * work. with_flush: send at once, without waiting for batch.linger. */
 	void (*queued)(void *arg, bool with_flush);
+	/* target.oauth: the fetch API refused token (a 401); a new one is
+	 * wanted (verify_set_token). May be NULL. */
+	void (*auth_refused)(void *arg, const char *token);
 };
 
 /* Creates the verifier on base over st, resuming a run left unfinished (an
@@ -36,6 +39,12 @@ struct verify *verify_create(struct event_base *base, struct store *st, const st
 void verify_destroy(struct verify *v);
 /* Uses cfg from now on. Returns 0 or -ENOMEM (the old settings stay). */
 int verify_reconfigure(struct verify *v, const struct config *cfg);
+/* target.oauth: while on, start no fetch (the token is being replaced). */
+void verify_hold_token(struct verify *v, bool on);
+/* Fetches on the wire now. */
+int verify_calls_in_flight(const struct verify *v);
+/* target.oauth: token (copied) from now on; fetches waiting on a 401 go on. */
+void verify_set_token(struct verify *v, const char *token);
 /* Re-reads the token (SIGHUP). Returns 0 or a negative errno (logged). */
 int verify_reload_token(struct verify *v);
 

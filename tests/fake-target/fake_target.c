@@ -54,6 +54,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/queue.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -156,6 +157,18 @@ static struct {
 	unsigned long long batch_seq;
 	char host[128], edge_host[128];
 	struct event *processor;
+	/* The fake IMS (OAuth client credentials) and Admin API (profile API
+	 * tokens), on when client_id is set (POST /__config {"oauth": {...}}):
+	 * IMS tokens and profile tokens expire, a new profile token invalidates
+	 * the old one at once, as TARGET_API.md says. */
+	struct {
+		char *client_id, *secret, *tenant;
+		long long ims_ttl_ms, token_ttl_ms;
+		char ims_token[64];
+		long long ims_expires_at, token_expires_at; /* 0: no token */
+		long long grants, refused, gets, posts, seq;
+		long long expired_uses;                     /* calls made with a profile token past its expiry */
+	} oauth;
 } g;
 
 static long long now_ms(void)
@@ -272,8 +285,11 @@ static bool authorized(struct evhttp_request *req)
 	if (!g.token)
 		return true;
 	const char *h = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
-	if (h && strncmp(h, "Bearer ", 7) == 0 && strcmp(h + 7, g.token) == 0)
+	bool is_expired = g.oauth.token_expires_at && now_ms() >= g.oauth.token_expires_at;
+	if (h && strncmp(h, "Bearer ", 7) == 0 && strcmp(h + 7, g.token) == 0 && !is_expired)
 		return true;
+	if (is_expired && h && strcmp(h + 7, g.token) == 0)
+		g.oauth.expired_uses++;
 	g.auth_failures++;
 	reply(req, 401, "text/plain", "Unauthorized");
 	return false;
@@ -1058,6 +1074,28 @@ static void handle_config(struct evhttp_request *req)
 		g.row_failure_rate = json_number_value(v);
 	if ((v = json_object_get(j, "loss_rate")))
 		g.loss_rate = json_number_value(v);
+	json_t *o = json_object_get(j, "oauth");
+	if (json_is_object(o)) {
+		free(g.oauth.client_id);
+		free(g.oauth.secret);
+		free(g.oauth.tenant);
+		const char *id = json_string_value(json_object_get(o, "client_id"));
+		const char *secret = json_string_value(json_object_get(o, "secret"));
+		const char *tenant = json_string_value(json_object_get(o, "tenant"));
+		g.oauth.client_id = strdup(id ? id : "");
+		g.oauth.secret = strdup(secret ? secret : "");
+		g.oauth.tenant = strdup(tenant ? tenant : "");
+		g.oauth.ims_ttl_ms = json_integer_value(json_object_get(o, "ims_ttl_ms"));
+		g.oauth.token_ttl_ms = json_integer_value(json_object_get(o, "token_ttl_ms"));
+		if (g.oauth.ims_ttl_ms <= 0)
+			g.oauth.ims_ttl_ms = 86400000;
+		if (g.oauth.token_ttl_ms <= 0)
+			g.oauth.token_ttl_ms = 86400000;
+		/* Authentication is on; no profile token exists until one is made. */
+		free(g.token);
+		g.token = strdup("");
+		g.oauth.token_expires_at = 1;
+	}
 	if ((v = json_object_get(j, "decode")))
 		g.is_decode_first = json_is_string(v) && strcmp(json_string_value(v), "decode_first") == 0;
 	json_decref(j);
@@ -1122,6 +1160,15 @@ static void handle_state(struct evhttp_request *req)
 				       g.lost, "plain_on_tls", (json_int_t)g.plain_on_tls));
 }
 
+/* GET /__oauth: what the fake IMS and Admin API did. */
+static void handle_oauth_state(struct evhttp_request *req)
+{
+	reply_json(req, 200, json_pack("{s:I, s:I, s:I, s:I, s:I, s:s?}", "grants", (json_int_t)g.oauth.grants, "refused",
+				       (json_int_t)g.oauth.refused, "gets", (json_int_t)g.oauth.gets, "posts",
+				       (json_int_t)g.oauth.posts, "expired_uses", (json_int_t)g.oauth.expired_uses,
+				       "token", g.token));
+}
+
 static void free_batches(void)
 {
 	for (size_t i = 0; i < g.n_batches; i++) {
@@ -1154,6 +1201,110 @@ static void reset_state(void)
 	g.submissions = g.polls = g.fetches = g.rejected_rate = g.auth_failures = g.rows_failed = g.rows_lost = 0;
 }
 
+/* --- the fake IMS and Admin API ------------------------------------------------ */
+
+static char *body_text(struct evhttp_request *req)
+{
+	struct evbuffer *in = evhttp_request_get_input_buffer(req);
+	size_t len = evbuffer_get_length(in);
+	char *body = malloc(len + 1);
+	if (body) {
+		evbuffer_copyout(in, body, len);
+		body[len] = '\0';
+	}
+	return body;
+}
+
+/* POST /ims/token/v3, form grant_type=client_credentials&client_id&client_secret&scope. */
+static void handle_ims(struct evhttp_request *req)
+{
+	char *body = body_text(req);
+	struct evkeyvalq form;
+	TAILQ_INIT(&form);
+	if (!body || evhttp_parse_query_str(body, &form) < 0) {
+		free(body);
+		reply(req, 400, "application/json", "{\"error\":\"invalid_request\"}");
+		return;
+	}
+	const char *grant = evhttp_find_header(&form, "grant_type"), *id = evhttp_find_header(&form, "client_id");
+	const char *secret = evhttp_find_header(&form, "client_secret");
+	if (!grant || strcmp(grant, "client_credentials") != 0) {
+		reply(req, 400, "application/json", "{\"error\":\"unsupported_grant_type\"}");
+	} else if (!id || !secret || strcmp(id, g.oauth.client_id) != 0 || strcmp(secret, g.oauth.secret) != 0) {
+		g.oauth.refused++;
+		reply(req, 401, "application/json",
+		      "{\"error\":\"invalid_client\",\"error_description\":\"invalid client_id or client_secret\"}");
+	} else {
+		g.oauth.grants++;
+		snprintf(g.oauth.ims_token, sizeof(g.oauth.ims_token), "ims-%lld-%lld", ++g.oauth.seq, now_ms());
+		g.oauth.ims_expires_at = now_ms() + g.oauth.ims_ttl_ms;
+		reply_json(req, 200, json_pack("{s:s, s:s, s:I}", "access_token", g.oauth.ims_token, "token_type",
+					       "bearer", "expires_in", (json_int_t)(g.oauth.ims_ttl_ms / 1000)));
+	}
+	evhttp_clear_headers(&form);
+	free(body);
+}
+
+/* GET (the current token) or POST (a new one, the old one invalid at once)
+ * /{tenant}/target/authentication/token?authorizationScope=profile_api. */
+static void handle_admin_token(struct evhttp_request *req, enum evhttp_cmd_type cmd)
+{
+	struct evkeyvalq *h = evhttp_request_get_input_headers(req);
+	const char *auth = evhttp_find_header(h, "Authorization"), *key = evhttp_find_header(h, "X-Api-Key");
+	const char *query = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));
+	long long now = now_ms();
+	if (!auth || strncmp(auth, "Bearer ", 7) != 0 || !g.oauth.ims_token[0] || strcmp(auth + 7, g.oauth.ims_token) != 0 ||
+	    now >= g.oauth.ims_expires_at) {
+		g.oauth.refused++;
+		reply(req, 401, "application/json", "{\"error_code\":\"401013\",\"message\":\"Oauth token is not valid\"}");
+		return;
+	}
+	if (!key || strcmp(key, g.oauth.client_id) != 0) {
+		g.oauth.refused++;
+		reply(req, 403, "application/json", "{\"error_code\":\"403003\",\"message\":\"Api Key is invalid\"}");
+		return;
+	}
+	if (!query || !strstr(query, "authorizationScope=profile_api")) {
+		reply(req, 400, "application/json", "{\"message\":\"authorizationScope is required\"}");
+		return;
+	}
+	if (cmd == EVHTTP_REQ_POST) {
+		g.oauth.posts++;
+		char tok[64];
+		snprintf(tok, sizeof(tok), "profile-%lld-%lld", ++g.oauth.seq, now);
+		free(g.token);
+		g.token = strdup(tok);
+		g.oauth.token_expires_at = now + g.oauth.token_ttl_ms;
+	} else if (cmd == EVHTTP_REQ_GET) {
+		g.oauth.gets++;
+		if (!g.token || !g.oauth.token_expires_at || now >= g.oauth.token_expires_at) {
+			reply(req, 404, "application/json", "{\"message\":\"No token found for profile_api\"}");
+			return;
+		}
+	} else {
+		reply(req, 405, "text/plain", "GET or POST");
+		return;
+	}
+	reply_json(req, 200, json_pack("{s:s, s:s, s:s, s:I}", "accessToken", g.token, "tokenType", "bearer", "scope",
+				       "profile_api", "expiresIn", (json_int_t)((g.oauth.token_expires_at - now) / 1000)));
+}
+
+/* Returns true if path was the IMS's or the Admin API's. */
+static bool handle_oauth(struct evhttp_request *req, const char *path, enum evhttp_cmd_type cmd)
+{
+	if (!g.oauth.client_id)
+		return false;
+	char admin[256];
+	snprintf(admin, sizeof(admin), "/%s/target/authentication/token", g.oauth.tenant);
+	if (strcmp(path, "/ims/token/v3") == 0 && cmd == EVHTTP_REQ_POST)
+		handle_ims(req);
+	else if (strcmp(path, admin) == 0)
+		handle_admin_token(req, cmd);
+	else
+		return false;
+	return true;
+}
+
 /* Control endpoints for tests (on the main host only). Returns true if path was one. */
 static bool handle_control(struct evhttp_request *req, const char *path, enum evhttp_cmd_type cmd)
 {
@@ -1165,6 +1316,8 @@ static bool handle_control(struct evhttp_request *req, const char *path, enum ev
 					       (json_int_t)json_object_size(g.profiles), "submissions", (json_int_t)g.submissions,
 					       "polls", (json_int_t)g.polls, "rows", (json_int_t)g.rows_received,
 					       "busy_seconds", g.busy_seconds, "edge_host", g.edge_host));
+	} else if (strcmp(path, "/__oauth") == 0) {
+		handle_oauth_state(req);
 	} else if (strcmp(path, "/__requests") == 0) {
 		reply_json(req, 200, json_incref(g.requests));
 	} else if (strcmp(path, "/__polls") == 0) {
@@ -1197,7 +1350,7 @@ static void on_request(struct evhttp_request *req, void *arg)
 	enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
 	char path[1024], v1[256], v2[256];
 	path_of(req, path, sizeof(path));
-	if (handle_control(req, path, cmd))
+	if (handle_control(req, path, cmd) || handle_oauth(req, path, cmd))
 		return;
 	snprintf(v1, sizeof(v1), "/m2/%s/profile/batchUpdate", g.client);
 	snprintf(v2, sizeof(v2), "/m2/%s/v2/profile/batchUpdate", g.client);

@@ -214,6 +214,37 @@ static void every_section(void)
 		config_destroy(cfg);
 		cfg = NULL;
 	}
+	/* target.oauth: a mapping inside a section, with its defaults and checks. */
+	CHECK(load("target:\n  client_code: demo\n  oauth:\n    client_id: abc\n    tenant: acme\n"
+		   "    client_secret_file: /etc/s\n    renew_before: 10m\n", &cfg, err, sizeof(err)) == 0);
+	if (cfg) {
+		CHECK(cfg->target.oauth.is_set && cfg->target.oauth.renew_before_ms == 600000);
+		CHECK_STR(cfg->target.oauth.ims_url, "https://ims-na1.adobelogin.com/ims/token/v3");
+		CHECK_STR(cfg->target.oauth.admin_url, "https://mc.adobe.io");
+		CHECK_STR(cfg->target.oauth.tenant, "acme");
+		config_destroy(cfg);
+		cfg = NULL;
+	}
+	static const struct { const char *yaml, *want; } oauth_bad[] = {
+		{ "    client_id: abc\n", "missing required key \"tenant\"" },
+		{ "    client_id: abc\n    tenant: acme\n    ims_url: http://ims\n", "ims_url must start with https://" },
+		{ "    client_id: abc\n    tenant: a/b\n", "must be a plain name" },
+		{ "    client_id: abc\n    tenant: acme\n    colour: red\n", "unknown key \"colour\" in target.oauth" },
+	};
+	for (size_t i = 0; i < sizeof(oauth_bad) / sizeof(oauth_bad[0]); i++) {
+		snprintf(text, sizeof(text), "target:\n  client_code: demo\n  oauth:\n%s", oauth_bad[i].yaml);
+		err[0] = '\0';
+		CHECK(load(text, &cfg, err, sizeof(err)) == -EINVAL);
+		CHECK(strstr(err, oauth_bad[i].want) != NULL);
+		if (!strstr(err, oauth_bad[i].want))
+			fprintf(stderr, "%s", err);
+		config_destroy(cfg);
+		cfg = NULL;
+	}
+	CHECK(load("target:\n  client_code: demo\n  token_file: /t\n  oauth: {client_id: a, tenant: b}\n", &cfg, err,
+		   sizeof(err)) == -EINVAL && strstr(err, "choose one"));
+	config_destroy(cfg);
+	cfg = NULL;
 	snprintf(text, sizeof(text), "%smetrics: {listen: \":9641\"}\nmetrics: {listen: \":1\"}\n", base);
 	CHECK(load(text, &cfg, err, sizeof(err)) == -EINVAL && strstr(err, "duplicate section \"metrics\""));
 	config_destroy(cfg);
