@@ -608,6 +608,11 @@ static int load_root(struct loader *l, struct config *cfg, yaml_node_t *root)
 			continue;
 		}
 		seen_section[s - sections] = true;
+		/* A section left empty (every key commented out) is YAML's null;
+		 * target has required keys, so it says "expected a mapping". */
+		if (s != sections && v->type == YAML_SCALAR_NODE && v->data.scalar.style == YAML_PLAIN_SCALAR_STYLE &&
+		    (!*scalar(v) || strcmp(scalar(v), "~") == 0 || strcmp(scalar(v), "null") == 0))
+			continue;
 		bool seen[MAX_KEYS] = { false };
 		if (apply_mapping(l, s->name, s->keys, cfg, v, seen) < 0)
 			return -ENOMEM;

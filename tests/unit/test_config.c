@@ -214,6 +214,13 @@ static void every_section(void)
 		config_destroy(cfg);
 		cfg = NULL;
 	}
+	/* A section with every key commented out is empty, but target is not optional. */
+	CHECK(load("target: {client_code: demo}\nmetrics:\nverify: ~\n", &cfg, err, sizeof(err)) == 0);
+	config_destroy(cfg);
+	cfg = NULL;
+	CHECK(load("target:\nmetrics:\n", &cfg, err, sizeof(err)) == -EINVAL && strstr(err, "target: expected a mapping"));
+	config_destroy(cfg);
+	cfg = NULL;
 	/* target.oauth: a mapping inside a section, with its defaults and checks. */
 	CHECK(load("target:\n  client_code: demo\n  oauth:\n    client_id: abc\n    tenant: acme\n"
 		   "    client_secret_file: /etc/s\n    renew_before: 10m\n", &cfg, err, sizeof(err)) == 0);
