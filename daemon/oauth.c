@@ -26,7 +26,6 @@ enum step { STEP_IDLE, STEP_IMS, STEP_GET, STEP_POST };
 static const char *const step_names[] = { "idle", "ims", "get", "post" };
 
 struct oauth {
-	struct event_base *base;
 	const struct config *cfg;
 	const struct oauth_listener *l;
 	void *arg;
@@ -110,6 +109,14 @@ static void end_call(struct oauth *o)
 	o->url = NULL;
 }
 
+/* How long before its expiry a token is replaced: renew_before, or half a
+ * token's life when tokens live shorter (a POST at every check otherwise). */
+static int64_t renew_margin(const struct oauth *o)
+{
+	int64_t margin = o->cfg->target.oauth.renew_before_ms;
+	return o->token_life_ms && o->token_life_ms / 2 < margin ? o->token_life_ms / 2 : margin;
+}
+
 static void release(struct oauth *o)
 {
 	if (o->is_holding) {
@@ -178,9 +185,7 @@ static void use(struct oauth *o, const char *token, int64_t expires_in_ms, bool 
 	o->failures = 0;
 	o->last_error[0] = '\0';
 	wipe(&o->refused);
-	int64_t margin = o->cfg->target.oauth.renew_before_ms;
-	if (o->token_life_ms && o->token_life_ms / 2 < margin)
-		margin = o->token_life_ms / 2;
+	int64_t margin = renew_margin(o);
 	int64_t delay = expires_in_ms - margin;
 	if (delay < 1000)
 		delay = 1000;
@@ -242,9 +247,7 @@ static void admin_done(struct oauth *o, const struct http_call *c, json_t *j)
 	char why[512];
 	if (c->result == CURLE_OK && c->status == 200 && tok && *tok && json_is_integer(exp)) {
 		int64_t expires_in = json_integer_value(exp) * 1000;
-		int64_t margin = o->cfg->target.oauth.renew_before_ms;
-		if (o->token_life_ms && o->token_life_ms / 2 < margin)
-			margin = o->token_life_ms / 2;
+		int64_t margin = renew_margin(o);
 		if (!is_post && ((o->refused && strcmp(tok, o->refused) == 0) || expires_in <= margin)) {
 			post_when_drained(o); /* refused by Target, or about to expire */
 			return;
@@ -375,7 +378,6 @@ struct oauth *oauth_create(struct event_base *base, const struct config *cfg, co
 		log_err("msg=\"cannot set up target.oauth\" error=\"out of memory\"");
 		return NULL;
 	}
-	o->base = base;
 	o->cfg = cfg;
 	o->l = l;
 	o->arg = arg;

@@ -51,7 +51,10 @@ def test_first_load_once_by_bytes(case):
     total = sum(x["bytes"] for x in reqs)
     longest_row = max(len(csv_text(HEADER, [row])) for row in data) * 3
     assert len(reqs) <= math.ceil(total / 262144) + 1, (len(reqs), total)
-    assert all(x["bytes"] > 262144 - longest_row for x in reqs[:-1]), [x["bytes"] for x in reqs]
+    # Every batch but one (the rest) is full; requests may arrive out of cut
+    # order (a small last batch overtakes a full one still uploading).
+    short = [x["bytes"] for x in reqs if x["bytes"] <= 262144 - longest_row]
+    assert len(short) <= 1, [x["bytes"] for x in reqs]
     assert sum(x["rows"] for x in reqs) == 20000
     assert len(case.target.profiles()) == 20000
 

@@ -147,7 +147,9 @@ def test_many_and_greedy_clients_during_delivery(case):
     stop.set()
     assert sent[0] >= 100, sent  # the greedy client did send
     grew = peak_rss_mb(d.proc.pid) - rss0
-    assert grew < 30, (rss0, grew)
+    # Under AddressSanitizer freed memory sits in its quarantine (256 MB): the
+    # bound is the normal build's.
+    assert grew < 30 or "ASAN_OPTIONS" in os.environ, (rss0, grew)
     assert case.target.state()["violations"] == []
     print(f"    peak RSS +{grew:.1f} MB with {sent[0]:,} requests sent unread and 300 idle connections")
 
