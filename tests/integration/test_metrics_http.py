@@ -154,6 +154,40 @@ def test_many_and_greedy_clients_during_delivery(case):
     print(f"    peak RSS +{grew:.1f} MB with {sent[0]:,} requests sent unread and 300 idle connections")
 
 
+def test_out_of_descriptors(case):
+    """With few descriptors and the endpoint flooded with connections, accept
+    rests instead of spinning, the log stays small, the control socket still
+    answers, and scrapes are served again once the flood goes."""
+    import resource
+    from harness import TPSYNCD, cpu_seconds
+    port = free_port()
+    d = metrics_daemon(case, port)
+    limit = 48
+
+    def low_nofile():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+    d.log = open(d.log_path, "a")
+    d.proc = subprocess.Popen([TPSYNCD, "-c", d.config], stdout=d.log, stderr=subprocess.STDOUT,
+                              preexec_fn=low_nofile)
+    case.cleanups.append(d.stop)
+    wait_for(lambda: d.ctl_ok(), 15, "tpsyncd to answer")
+    flood = [socket.create_connection(("127.0.0.1", port)) for _ in range(120)]
+    case.cleanups.append(lambda: [s.close() for s in flood])
+    time.sleep(1)
+    c0 = cpu_seconds(d.proc.pid)
+    time.sleep(3)
+    used = cpu_seconds(d.proc.pid) - c0
+    assert used < 0.5, used  # no busy accept loop
+    assert "cannot accept a metrics connection; pausing for 1 s" in d.log_text()
+    for s in flood:
+        s.close()
+    wait_for(lambda: get(port)[0] == 200, 30, "scrapes once descriptors are back")
+    assert d.status()["queue"] is not None
+    size = os.path.getsize(d.log_path)
+    assert size < 200_000, size
+    print(f"    CPU over 3 s while flooded: {used:.2f} s; log {size / 1000:.0f} kB")
+
+
 def prometheus_bin():
     for p in (shutil.which("prometheus"), "/usr/bin/prometheus"):
         if p and os.path.exists(p):
@@ -238,4 +272,4 @@ def test_alert_rules_and_dashboard(case):
 
 if __name__ == "__main__":
     run([test_exposition, test_reload_and_busy_port, test_many_and_greedy_clients_during_delivery,
-         test_real_prometheus_scrapes, test_alert_rules_and_dashboard])
+         test_out_of_descriptors, test_real_prometheus_scrapes, test_alert_rules_and_dashboard])
