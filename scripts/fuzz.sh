@@ -9,10 +9,11 @@ TPSYNC_WITH_CLANG=1 scripts/deps.sh
 if [ ! -d build-fuzz ]; then
   CC=clang meson setup build-fuzz -Dfuzz=true -Db_lundef=false -Dbuildtype=debugoptimized >/dev/null
 fi
-ninja -C build-fuzz tests/fuzz/fuzz_csv tests/fuzz/fuzz_config tests/fuzz/fuzz_answer tests/fuzz/fuzz_control tests/fuzz/fuzz_pctenc tests/fuzz/fuzz_attrset
+ninja -C build-fuzz tests/fuzz/fuzz_csv tests/fuzz/fuzz_config tests/fuzz/fuzz_answer tests/fuzz/fuzz_control tests/fuzz/fuzz_pctenc tests/fuzz/fuzz_attrset \
+  tests/fuzz/fuzz_fetch tests/fuzz/fuzz_history
 passed=0
 failed=0
-for name in csv config answer control pctenc attrset; do
+for name in csv config answer control pctenc attrset fetch history; do
   work=$(mktemp -d)
   cp tests/fuzz/corpus/$name/* "$work/"
   if (cd build-fuzz && ASAN_OPTIONS=detect_leaks=1 ./tests/fuzz/fuzz_$name -max_total_time="$SECONDS_EACH" \
