@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer harnesses with clang and runs each for a fixed time
-# (default 20 s) from its seed corpus. A crash fails the run and leaves the
+# (default 10 s) from its seed corpus. A crash fails the run and leaves the
 # input in build-fuzz/crash-*; add it to tests/fuzz/corpus/NAME/ as a regression.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SECONDS_EACH=${TPSYNC_FUZZ_SECONDS:-15}
+SECONDS_EACH=${TPSYNC_FUZZ_SECONDS:-10}
 TPSYNC_WITH_CLANG=1 scripts/deps.sh
 if [ ! -d build-fuzz ]; then
   CC=clang meson setup build-fuzz -Dfuzz=true -Db_lundef=false -Dbuildtype=debugoptimized >/dev/null
