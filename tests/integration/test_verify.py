@@ -132,6 +132,45 @@ def test_verify_all_interrupted_resumes(case):
     assert 'msg="verification resumed" run=1' in d.log_text()
 
 
+def test_verify_while_paused_and_sigterm(case):
+    """Paused, a verification still reports and queues its repairs, and the
+    sending waits for resume; a run stopped by SIGTERM goes on after the
+    restart like one cut short by SIGKILL."""
+    case.target.configure(loss_rate=1.0)
+    d = case.daemon(sections_extra=VERIFY).start()
+    drop(case, "a.csv", [["c1", "gold", "Delft"]])
+    wait_for(lambda: d.sql("SELECT count(*) FROM batches WHERE state = 'complete'") == [(1,)], 20, "a.csv's batch")
+    settled(case, d)
+    assert not case.target.profiles().get("c1")  # its values lost after success=true
+    case.target.configure(loss_rate=0.0)
+    d.ctl("pause")
+    code, r = ctl(d, "verify", "c1")
+    assert code == 1 and r["repaired"] == 1, (code, r)
+    assert d.status()["queue"]["pending_profiles"] == 1
+    time.sleep(1)
+    assert not case.target.profiles().get("c1"), "sent while paused"
+    d.ctl("resume")
+    wait_for(lambda: case.target.profiles().get("c1") == {"tier": "gold", "city": "Delft"}, 20, "the repair")
+    settled(case, d)
+    # SIGTERM in the middle of --all: resumed at the next start, each profile once.
+    drop(case, "b.csv", [[f"p{i:03d}", "gold", "x"] for i in range(120)])
+    wait_for(lambda: len(case.target.profiles()) == 121, 20, "b.csv")
+    settled(case, d)
+    case.target.configure(fetch_delay_ms=40)
+    assert ctl(d, "verify", "--all", "--background")[0] == 0
+    wait_for(lambda: d.status()["verify"]["runs"] and d.status()["verify"]["runs"][0]["checked"] >= 20, 30,
+             "the run under way", interval=0.01)
+    d.stop()
+    at_stop = d.sql("SELECT checked FROM verify_runs WHERE kind = 'all'")[0][0]
+    assert at_stop < 121, at_stop
+    d.start()
+    def done():
+        runs = [x for x in d.status()["verify"]["runs"] if x["kind"] == "all"]
+        return runs and runs[0]["state"] == "done" and runs[0]
+    r = wait_for(done, 60, "the resumed run to end", interval=0.3)
+    assert r["checked"] == 121 and r["matched"] == 121, r
+
+
 def test_canary(case):
     """The canary passes against the documented decoding (rows and cells split,
     then each cell decoded) and names the classes that break under the other
@@ -254,5 +293,6 @@ def test_token_refused_and_target_unreachable(case):
 
 if __name__ == "__main__":
     run([test_verify_all_finds_and_repairs_silent_loss, test_changed_in_target_left_alone, test_unknown_and_odd_answers,
-         test_verify_all_interrupted_resumes, test_canary, test_trace, test_what_is_not_judged,
+         test_verify_all_interrupted_resumes, test_verify_while_paused_and_sigterm, test_canary, test_trace,
+         test_what_is_not_judged,
          test_sample_stop_and_steady, test_token_refused_and_target_unreachable])
