@@ -6,6 +6,25 @@ unexpected, duplicated, or regressed (an older value applied after a newer one).
 APPLIED = ("accepted", "dropped after applying", "garbage after applying")
 
 
+def feed_file(spool, feed, version, rnd, rows=40, profiles=300):
+    """Writes spool/fVVVVV.csv: rows random profiles (of profiles) with a tier
+    and a city unique to this version and row, noted in feed. Returns the
+    file's name and text (to feed it again elsewhere)."""
+    import os
+    from harness import csv_text, write_atomic
+    out = []
+    for i in range(rows):
+        p = f"p{rnd.randrange(profiles):0{max(4, len(str(profiles - 1)))}d}"
+        tier, city = f"t{version}-{i}", f"c{version}-{i}"
+        out.append([p, tier, city])
+        feed.add(version, p, "tier", tier)
+        feed.add(version, p, "city", city)
+    name = f"f{version:05d}.csv"
+    text = csv_text(["customer_id", "tier", "city"], out)
+    write_atomic(os.path.join(spool, name), text)
+    return name, text
+
+
 class Feed:
     def __init__(self):
         self.version = {}  # (profile, attr, value) -> version

@@ -11,21 +11,8 @@ import stat
 import subprocess
 import time
 
-from checker import Feed
+from checker import Feed, feed_file
 from harness import TPSYNCCTL, csv_text, run, spool_source, wait_for, write_atomic
-
-
-def feed_file(spool, feed, version, rnd, rows=400, profiles=3000):
-    out = []
-    for i in range(rows):
-        p = f"p{rnd.randrange(profiles):05d}"
-        tier, city = f"t{version}-{i}", f"c{version}-{i}"
-        out.append([p, tier, city])
-        feed.add(version, p, "tier", tier)
-        feed.add(version, p, "city", city)
-    text = csv_text(["customer_id", "tier", "city"], out)
-    write_atomic(os.path.join(spool, f"f{version:05d}.csv"), text)
-    return f"f{version:05d}.csv", text
 
 
 def backup(d, path, cwd=None):
@@ -39,7 +26,7 @@ def test_backup_while_busy_and_restore(case):
     feed = Feed()
     files = []
     for v in range(1, 21):
-        files.append(feed_file(case.spool, feed, v, rnd))
+        files.append(feed_file(case.spool, feed, v, rnd, rows=400, profiles=3000))
         if v == 8:
             # Mid-run: ingestion and delivery both under way.
             r = backup(d, "state-backup.db", cwd=case.dir)

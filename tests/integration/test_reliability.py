@@ -10,20 +10,14 @@ import subprocess
 import time
 
 from checker import Feed, check
+from checker import feed_file as checker_feed_file
 from harness import csv_text, run, spool_source, wait_for, write_atomic
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def feed_file(case, feed, version, rnd, rows=40, profiles=300):
-    out = []
-    for i in range(rows):
-        p = f"p{rnd.randrange(profiles):04d}"
-        tier, city = f"t{version}-{i}", f"c{version}-{i}"
-        out.append([p, tier, city])
-        feed.add(version, p, "tier", tier)
-        feed.add(version, p, "city", city)
-    write_atomic(os.path.join(case.spool, f"f{version:05d}.csv"), csv_text(["customer_id", "tier", "city"], out))
+    checker_feed_file(case.spool, feed, version, rnd, rows=rows, profiles=profiles)
 
 
 def settle(case, d, feed, timeout=120):
