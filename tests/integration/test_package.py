@@ -90,6 +90,9 @@ def main():
         assert os.path.exists("/usr/bin/tpsyncctl") and os.path.exists("/usr/share/man/man8/tpsyncd.8.gz")
         sh("getent", "passwd", "tpsync")
         assert os.path.isdir("/var/spool/tpsyncd/crm")
+        # The unit's credential file exists (else systemd refuses the start), empty: no token.
+        tok = os.stat("/etc/tpsyncd/target-token")
+        assert tok.st_size == 0 and (tok.st_mode & 0o777) == 0o600, oct(tok.st_mode)
         # As installed: no client code yet, so the configuration is refused
         # and the unit's condition keeps the service from starting.
         r = sh("/usr/sbin/tpsyncd", "-c", CONF, "--check-config", check=False)
