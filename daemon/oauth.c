@@ -62,13 +62,11 @@ static void wipe(char **s)
 static int read_secret(const struct config *cfg, char **out)
 {
 	char path[4096];
-	const char *creds = getenv("CREDENTIALS_DIRECTORY");
-	if (cfg->target.oauth.client_secret_file)
-		snprintf(path, sizeof(path), "%s", cfg->target.oauth.client_secret_file);
-	else if (creds)
-		snprintf(path, sizeof(path), "%s/oauth-secret", creds);
-	else
+	if (!token_secret_path(cfg->target.oauth.client_secret_file, "oauth-secret", path, sizeof(path))) {
+		log_err("msg=\"no OAuth client secret: set target.oauth.client_secret_file or pass the systemd "
+			"credential oauth-secret\"");
 		return -ENOENT;
+	}
 	struct stat sb;
 	char *value = NULL;
 	int r = token_read_secret(path, &value, &sb);

@@ -39,6 +39,7 @@
 #include "backoff.h"
 #include "buf.h"
 #include "log.h"
+#include "token.h"
 #include "utf8.h"
 
 #define PG_SLICE_ROWS 2000
@@ -176,14 +177,10 @@ static void sent(struct source *s, enum pg_step step)
  * give (libpq then uses ~/.pgpass or PGPASSFILE), or -errno. */
 static int read_password(struct source *s, char *out, size_t size)
 {
-	char path[4096];
-	const char *creds = getenv("CREDENTIALS_DIRECTORY");
+	char path[4096], credential[256];
 	bool must_exist = s->cfg->password_file != NULL;
-	if (must_exist)
-		snprintf(path, sizeof(path), "%s", s->cfg->password_file);
-	else if (creds && *creds)
-		snprintf(path, sizeof(path), "%s/%s-password", creds, s->cfg->name);
-	else
+	snprintf(credential, sizeof(credential), "%s-password", s->cfg->name);
+	if (!token_secret_path(s->cfg->password_file, credential, path, sizeof(path)))
 		return 0;
 	FILE *f = fopen(path, "re");
 	if (!f) {

@@ -19,6 +19,18 @@ static void wipe(char *s)
 	}
 }
 
+bool token_secret_path(const char *configured, const char *credential, char *out, size_t size)
+{
+	const char *creds = getenv("CREDENTIALS_DIRECTORY");
+	if (configured)
+		snprintf(out, size, "%s", configured);
+	else if (creds && *creds)
+		snprintf(out, size, "%s/%s", creds, credential);
+	else
+		return false;
+	return true;
+}
+
 int token_read_secret(const char *path, char **value, struct stat *sb)
 {
 	/* O_NONBLOCK: a FIFO put there must not stall the loop; only a regular
@@ -60,15 +72,11 @@ int token_load(struct token *t, const struct config *cfg)
 {
 	if (cfg->target.oauth.is_set)
 		return 0; /* made by target.oauth, handed in with token_set */
-	char path[4096] = "";
-	const char *creds = getenv("CREDENTIALS_DIRECTORY");
-	if (cfg->target.token_file)
-		snprintf(path, sizeof(path), "%s", cfg->target.token_file);
-	else if (creds)
-		snprintf(path, sizeof(path), "%s/target-token", creds);
+	char path[4096];
 	struct stat sb;
 	char *value = NULL;
-	int r = path[0] ? token_read_secret(path, &value, &sb) : -ENOENT;
+	int r = token_secret_path(cfg->target.token_file, "target-token", path, sizeof(path)) ?
+			token_read_secret(path, &value, &sb) : -ENOENT;
 	if (r == -ENOENT && !cfg->target.token_file) {
 		/* No credential passed: run without authentication. */
 		wipe(t->value);

@@ -6,6 +6,7 @@
 #define TPSYNC_TOKEN_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <sys/stat.h>
 
 #include "config.h"
@@ -29,6 +30,10 @@ int token_load(struct token *t, const struct config *cfg);
 /* Uses value (copied; NULL: none), a token made by target.oauth. Returns 0
  * or -ENOMEM (the old value stays). */
 int token_set(struct token *t, const char *value);
+/* Where a secret is: the configured file when there is one, else the systemd
+ * credential named credential ($CREDENTIALS_DIRECTORY/credential) when systemd
+ * passes credentials. Returns true with the path in out, false for neither. */
+bool token_secret_path(const char *configured, const char *credential, char *out, size_t size);
 /* Reads the secret in the regular file path (never a FIFO: opened without
  * blocking) into *value (malloc'd; NULL when the file is blank), trimmed of
  * surrounding white space, and its stat into sb. Returns 0, -EINVAL (not a
